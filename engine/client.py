@@ -1,0 +1,217 @@
+"""EngineClient: how the rest of onsale talks to the engine.
+
+Coalesces the commands for one event that arrive within a short window (or
+until a batch is full) into one actor call, so a crowd of concurrent buyers
+costs a handful of actor calls rather than one each. Each caller still gets
+its own outcome, or its own :class:`~engine.errors.EngineError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import ray
+from ray.actor import ActorHandle
+from redis.asyncio import Redis
+
+from engine.actor import event_actor
+from engine.errors import EngineError, EngineTimeout, EngineUnavailable
+from engine.model import (
+    Command,
+    ConfirmHold,
+    HoldPlaced,
+    HoldQuantity,
+    HoldReleased,
+    HoldSeats,
+    Outcome,
+    ReleaseHold,
+    SaleConfirmed,
+    Section,
+    Snapshot,
+    outcome_from_wire,
+    raise_for,
+)
+from engine.scripts import InventoryScripts
+
+log = logging.getLogger(__name__)
+
+_O = TypeVar("_O", HoldPlaced, HoldReleased, SaleConfirmed)
+Send = Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
+
+
+class _Coalescer:
+    """Gathers one event's commands for ``window_s`` or ``max_ops``, then sends them."""
+
+    def __init__(self, send: Send, window_s: float, max_ops: int) -> None:
+        self._send = send
+        self._window_s = window_s
+        self._max_ops = max_ops
+        self._items: list[tuple[Command, asyncio.Future[Outcome | EngineError]]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    def submit(self, command: Command) -> asyncio.Future[Outcome | EngineError]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome | EngineError] = loop.create_future()
+        self._items.append((command, future))
+        if len(self._items) >= self._max_ops:
+            self._flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(self._window_s, self._flush)
+        return future
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        items, self._items = self._items, []
+        if items:
+            task = asyncio.get_running_loop().create_task(self._deliver(items))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+
+    async def _deliver(self, items: list[tuple[Command, asyncio.Future[Any]]]) -> None:
+        try:
+            raw = await self._send([command.to_wire() for command, _ in items])
+        except BaseException as exc:
+            for _, future in items:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (command, future), result in zip(items, raw, strict=True):
+            if not future.done():
+                future.set_result(outcome_from_wire(command, result))
+
+
+class EngineClient:
+    """The engine's façade for API workers, the writer, tools and tests.
+
+    Needs a Ray connection (:func:`engine.runtime.connect`) in this process.
+    Mutations go through the event's actor; reads (snapshots) go straight to
+    Redis, since a snapshot never changes anything.
+    """
+
+    def __init__(self, redis_url: str, *, window_ms: float = 1.5, max_batch_ops: int = 256,
+                 call_timeout_s: float = 5.0, sweep_interval_s: float = 0.5,
+                 actor_max_batch_ops: int = 1024) -> None:
+        self.redis_url = redis_url
+        self._redis = Redis.from_url(redis_url)
+        self._scripts = InventoryScripts(self._redis)
+        self._window_s = window_ms / 1000
+        self._max_batch_ops = max_batch_ops
+        self._call_timeout_s = call_timeout_s
+        self._sweep_interval_s = sweep_interval_s
+        self._actor_max_batch_ops = actor_max_batch_ops
+        self._coalescers: dict[str, _Coalescer] = {}
+        self._actors: dict[str, ActorHandle] = {}
+
+    # -------------------------------------------------------------- commands
+
+    async def hold_seats(self, event_id: str, customer_id: str, seats: Sequence[str], *,
+                         ttl_s: float, hold_id: str | None = None) -> HoldPlaced:
+        command = HoldSeats(hold_id or new_id(), customer_id, tuple(seats), _ms(ttl_s))
+        return _expect(await self.submit(event_id, command), HoldPlaced)
+
+    async def hold_quantity(self, event_id: str, customer_id: str, section: str, quantity: int,
+                            *, ttl_s: float, hold_id: str | None = None) -> HoldPlaced:
+        command = HoldQuantity(hold_id or new_id(), customer_id, section, quantity, _ms(ttl_s))
+        return _expect(await self.submit(event_id, command), HoldPlaced)
+
+    async def release(self, event_id: str, hold_id: str, customer_id: str = "") -> HoldReleased:
+        return _expect(await self.submit(event_id, ReleaseHold(hold_id, customer_id)),
+                       HoldReleased)
+
+    async def confirm(self, event_id: str, hold_id: str, order_id: str,
+                      meta: dict[str, Any] | None = None) -> SaleConfirmed:
+        command = ConfirmHold(hold_id, order_id, meta or {})
+        return _expect(await self.submit(event_id, command), SaleConfirmed)
+
+    async def submit(self, event_id: str, command: Command) -> Outcome:
+        """Queues ``command`` into the event's next batch; raises its EngineError."""
+        coalescer = self._coalescers.get(event_id)
+        if coalescer is None:
+            coalescer = _Coalescer(lambda ops: self._call_actor(event_id, ops),
+                                   self._window_s, self._max_batch_ops)
+            self._coalescers[event_id] = coalescer
+        return raise_for(await coalescer.submit(command))
+
+    # -------------------------------------------------------------- inventory
+
+    async def load_inventory(self, event_id: str, sections: Sequence[Section], *,
+                             status: str = "on_sale", max_per_customer: int = 0) -> bool:
+        """Loads an event's seat map into Redis (once) and starts its actor."""
+        actor = self.actor(event_id)
+        return bool(await self._await(
+            event_id, actor.load_inventory.remote(list(sections), status, max_per_customer)))
+
+    async def set_status(self, event_id: str, status: str) -> str:
+        return str(await self._await(event_id, self.actor(event_id).set_status.remote(status)))
+
+    async def snapshot(self, event_id: str) -> Snapshot:
+        return await self._scripts.snapshot(event_id)
+
+    async def actor_stats(self, event_id: str) -> dict[str, int]:
+        return dict(await self._await(event_id, self.actor(event_id).stats.remote()))
+
+    def actor(self, event_id: str) -> ActorHandle:
+        handle = self._actors.get(event_id)
+        if handle is None:
+            handle = event_actor(event_id, self.redis_url,
+                                 sweep_interval_s=self._sweep_interval_s,
+                                 max_batch_ops=self._actor_max_batch_ops)
+            self._actors[event_id] = handle
+        return handle
+
+    async def ping_redis(self) -> bool:
+        return bool(await self._redis.ping())
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+    # -------------------------------------------------------------- plumbing
+
+    async def _call_actor(self, event_id: str, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        try:
+            return list(await self._await(event_id, self.actor(event_id).apply.remote(ops)))
+        except _ActorGone:
+            # Gone for good (not restarting): the retry makes a fresh actor,
+            # and the commands' ids make the second attempt safe.
+            return list(await self._await(event_id, self.actor(event_id).apply.remote(ops)))
+
+    async def _await(self, event_id: str, ref: Any) -> Any:
+        try:
+            return await asyncio.wait_for(ref, self._call_timeout_s)
+        except TimeoutError as exc:
+            raise EngineTimeout() from exc
+        except ray.exceptions.RayActorError as exc:
+            self._actors.pop(event_id, None)
+            raise _ActorGone(str(exc)) from exc
+        except ray.exceptions.RayError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, EngineError):
+                raise cause from exc
+            raise EngineUnavailable(str(cause or exc)) from exc
+
+
+class _ActorGone(EngineUnavailable):
+    pass
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def _expect(outcome: Outcome, kind: type[_O]) -> _O:
+    if not isinstance(outcome, kind):
+        raise EngineError(f"expected {kind.__name__}, got {type(outcome).__name__}")
+    return outcome

@@ -1,0 +1,196 @@
+"""Commands the engine accepts and the outcomes it returns.
+
+Plain dataclasses and the standard library only: this is the vocabulary the
+actor, the client, the API and the tests share. Commands are imperative
+(``HoldSeats``), outcomes describe what happened (``HoldPlaced``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from engine.errors import EngineError, error_from_code
+
+SEAT_ID = re.compile(r"^(?P<section>[A-Za-z0-9_]+)-(?P<row>[1-9][0-9]*)-(?P<seat>[1-9][0-9]*)$")
+
+
+def seat_id(section: str, row: int, seat: int) -> str:
+    return f"{section}-{row}-{seat}"
+
+
+def section_of(seat: str) -> str:
+    match = SEAT_ID.match(seat)
+    if match is None:
+        raise ValueError(f"not a seat id: {seat!r}")
+    return match["section"]
+
+
+@dataclass(frozen=True)
+class SeatedSection:
+    code: str
+    rows: int
+    seats_per_row: int
+    kind: Literal["seated"] = "seated"
+
+    @property
+    def capacity(self) -> int:
+        return self.rows * self.seats_per_row
+
+    def seat_ids(self) -> list[str]:
+        return [
+            seat_id(self.code, row, seat)
+            for row in range(1, self.rows + 1)
+            for seat in range(1, self.seats_per_row + 1)
+        ]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"code": self.code, "kind": self.kind, "rows": self.rows,
+                "seats_per_row": self.seats_per_row}
+
+
+@dataclass(frozen=True)
+class GeneralSection:
+    code: str
+    capacity: int
+    kind: Literal["general"] = "general"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"code": self.code, "kind": self.kind, "capacity": self.capacity}
+
+
+Section = SeatedSection | GeneralSection
+
+
+# ---------------------------------------------------------------- commands
+
+
+@dataclass(frozen=True)
+class HoldSeats:
+    hold_id: str
+    customer_id: str
+    seats: tuple[str, ...]
+    ttl_ms: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": "hold", "hold_id": self.hold_id, "customer_id": self.customer_id,
+                "seats": list(self.seats), "ttl_ms": self.ttl_ms}
+
+
+@dataclass(frozen=True)
+class HoldQuantity:
+    hold_id: str
+    customer_id: str
+    section: str
+    quantity: int
+    ttl_ms: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": "hold", "hold_id": self.hold_id, "customer_id": self.customer_id,
+                "section": self.section, "quantity": self.quantity, "ttl_ms": self.ttl_ms}
+
+
+@dataclass(frozen=True)
+class ReleaseHold:
+    hold_id: str
+    customer_id: str = ""  # empty: no ownership check (operators, tooling)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": "release", "hold_id": self.hold_id, "customer_id": self.customer_id}
+
+
+@dataclass(frozen=True)
+class ConfirmHold:
+    hold_id: str
+    order_id: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": "confirm", "hold_id": self.hold_id, "order_id": self.order_id,
+                "meta": self.meta}
+
+
+Command = HoldSeats | HoldQuantity | ReleaseHold | ConfirmHold
+
+
+# ---------------------------------------------------------------- outcomes
+
+
+@dataclass(frozen=True)
+class HoldPlaced:
+    hold_id: str
+    customer_id: str
+    quantity: int
+    expires_at_ms: int
+    seats: tuple[str, ...] | None
+    section: str | None
+    status: str
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class HoldReleased:
+    hold_id: str
+    released: bool
+    status: str
+
+
+@dataclass(frozen=True)
+class SaleConfirmed:
+    hold_id: str
+    order_id: str
+    replayed: bool
+
+
+Outcome = HoldPlaced | HoldReleased | SaleConfirmed
+
+
+def outcome_from_wire(command: Command, raw: dict[str, Any]) -> Outcome | EngineError:
+    """Turns one script result into an outcome, or the engine error it names."""
+    if not raw.get("ok"):
+        context = {k: v for k, v in raw.items() if k not in ("ok", "code")}
+        return error_from_code(str(raw.get("code")), **context)
+    if isinstance(command, HoldSeats | HoldQuantity):
+        seats = raw.get("seats")
+        return HoldPlaced(
+            hold_id=raw["hold_id"], customer_id=raw["customer_id"], quantity=int(raw["quantity"]),
+            expires_at_ms=int(raw["expires_at_ms"]), seats=tuple(seats) if seats else None,
+            section=raw.get("section"), status=raw["status"], replayed=bool(raw["replayed"]),
+        )
+    if isinstance(command, ReleaseHold):
+        return HoldReleased(hold_id=raw["hold_id"], released=bool(raw["released"]),
+                            status=raw["status"])
+    return SaleConfirmed(hold_id=raw["hold_id"], order_id=raw["order_id"],
+                         replayed=bool(raw["replayed"]))
+
+
+@dataclass(frozen=True)
+class SectionAvailability:
+    code: str
+    kind: str
+    capacity: int
+    available: int
+    held: int
+    sold: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    version: int
+    status: str
+    max_per_customer: int
+    sections: tuple[SectionAvailability, ...]
+    seats: dict[str, str]  # seat id -> "held" | "sold"; absent means available
+
+    def section(self, code: str) -> SectionAvailability:
+        for s in self.sections:
+            if s.code == code:
+                return s
+        raise KeyError(code)
+
+
+def raise_for(outcome: Outcome | EngineError) -> Outcome:
+    if isinstance(outcome, EngineError):
+        raise outcome
+    return outcome

@@ -1,0 +1,179 @@
+"""Typed wrappers around the Lua scripts in ``lua/``.
+
+Each script is registered once per Redis client with ``register_script``
+(EVALSHA, reloaded by redis-py on NOSCRIPT). Nothing else in onsale sends Lua
+to Redis: callers use :class:`InventoryScripts`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+
+from engine.errors import InvalidInventory, error_from_code
+from engine.model import Command, Section, SectionAvailability, Snapshot
+
+
+def _lua(name: str) -> str:
+    return resources.files("lua").joinpath(name).read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class EventKeys:
+    """The key layout of one event; every key carries the hash tag ``{ev:<id>}``."""
+
+    event_id: str
+
+    @property
+    def tag(self) -> str:
+        return f"{{ev:{self.event_id}}}"
+
+    @property
+    def meta(self) -> str:
+        return f"{self.tag}:meta"
+
+    @property
+    def seats(self) -> str:
+        return f"{self.tag}:seats"
+
+    @property
+    def sections(self) -> str:
+        return f"{self.tag}:sections"
+
+    @property
+    def holds(self) -> str:
+        return f"{self.tag}:holds"
+
+    @property
+    def expiries(self) -> str:
+        return f"{self.tag}:expiries"
+
+    @property
+    def customers(self) -> str:
+        return f"{self.tag}:customers"
+
+    @property
+    def outbox(self) -> str:
+        return f"{self.tag}:outbox"
+
+    @property
+    def channel(self) -> str:
+        return f"{self.tag}:changes"
+
+    def mutation_keys(self) -> list[str]:
+        """KEYS for every script built on lua/lib.lua, in lib.lua's order."""
+        return [self.meta, self.seats, self.sections, self.holds, self.expiries,
+                self.customers, self.outbox]
+
+    def inventory_keys(self) -> list[str]:
+        return [self.meta, self.seats, self.sections]
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    version: int
+    results: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    version: int
+    handled: int
+    more: bool
+
+
+class InventoryScripts:
+    """The engine's Redis operations, one method per script."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        lib = _lua("lib.lua")
+        self._load = redis.register_script(_lua("load_inventory.lua"))
+        self._snapshot = redis.register_script(_lua("snapshot.lua"))
+        self._set_status = redis.register_script(_lua("set_status.lua"))
+        self._batch = redis.register_script(lib + _lua("batch.lua"))
+        self._hold = redis.register_script(lib + _lua("hold.lua"))
+        self._release = redis.register_script(lib + _lua("release.lua"))
+        self._confirm = redis.register_script(lib + _lua("confirm.lua"))
+        self._sweep = redis.register_script(lib + _lua("sweep.lua"))
+
+    async def load_inventory(
+        self, event_id: str, sections: Sequence[Section], *, status: str = "on_sale",
+        max_per_customer: int = 0,
+    ) -> bool:
+        """Loads the seat map once; returns False if it was already loaded."""
+        keys = EventKeys(event_id)
+        wire = json.dumps([s.to_wire() for s in sections])
+        raw = json.loads(await self._load(keys=keys.inventory_keys(),
+                                          args=[event_id, status, max_per_customer, wire]))
+        if not raw["ok"]:
+            raise InvalidInventory(raw.get("detail"))
+        return bool(raw["loaded"])
+
+    async def set_status(self, event_id: str, status: str) -> str:
+        """Sets the sale status; returns the previous one."""
+        raw = json.loads(await self._set_status(keys=[EventKeys(event_id).meta], args=[status]))
+        if not raw["ok"]:
+            raise error_from_code(raw["code"], detail=raw.get("detail"))
+        return str(raw["previous"])
+
+    async def apply(self, event_id: str, commands: Sequence[Command]) -> BatchResult:
+        """Applies commands in order in one script call; one result each."""
+        return await self.apply_wire(event_id, [c.to_wire() for c in commands])
+
+    async def apply_wire(self, event_id: str, ops: Sequence[dict[str, Any]]) -> BatchResult:
+        keys = EventKeys(event_id)
+        raw = json.loads(await self._batch(keys=keys.mutation_keys(),
+                                           args=[keys.channel, json.dumps(ops)]))
+        return BatchResult(version=int(raw["version"]), results=list(raw["results"]))
+
+    async def apply_one(self, event_id: str, command: Command) -> BatchResult:
+        """One command through its own script (hold.lua, release.lua, confirm.lua)."""
+        keys = EventKeys(event_id)
+        script = {"hold": self._hold, "release": self._release, "confirm": self._confirm}
+        wire = command.to_wire()
+        raw = json.loads(await script[wire["op"]](keys=keys.mutation_keys(),
+                                                  args=[keys.channel, json.dumps(wire)]))
+        return BatchResult(version=int(raw["version"]), results=list(raw["results"]))
+
+    async def apply_one_pipelined(
+        self, event_id: str, commands: Sequence[Command]
+    ) -> list[dict[str, Any]]:
+        """Each command through its single-operation script, all in one pipeline.
+
+        No batching inside Redis: one script call per command. The benchmark
+        uses it as the raw ceiling the actor path is measured against.
+        """
+        keys = EventKeys(event_id)
+        script = {"hold": self._hold, "release": self._release, "confirm": self._confirm}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for command in commands:
+                wire = command.to_wire()
+                await script[wire["op"]](keys=keys.mutation_keys(),
+                                         args=[keys.channel, json.dumps(wire)], client=pipe)
+            replies = await pipe.execute()
+        return [json.loads(r)["results"][0] for r in replies]
+
+    async def sweep(self, event_id: str, limit: int = 500) -> SweepResult:
+        keys = EventKeys(event_id)
+        raw = json.loads(await self._sweep(keys=keys.mutation_keys(),
+                                           args=[keys.channel, limit]))
+        return SweepResult(version=int(raw["version"]), handled=int(raw["handled"]),
+                           more=bool(raw["more"]))
+
+    async def snapshot(self, event_id: str) -> Snapshot:
+        raw = json.loads(await self._snapshot(keys=EventKeys(event_id).inventory_keys()))
+        if not raw["ok"]:
+            raise error_from_code(raw["code"])
+        seats = raw["seats"] if isinstance(raw["seats"], dict) else {}
+        return Snapshot(
+            version=int(raw["version"]), status=raw["status"],
+            max_per_customer=int(raw.get("max_per_customer") or 0),
+            sections=tuple(SectionAvailability(**s) for s in raw["sections"]),
+            seats=seats,
+        )

@@ -1,0 +1,397 @@
+-- lib.lua — shared inventory logic, prepended to every mutating script.
+--
+-- This file is not a script of its own: engine/scripts.py loads it in front of
+-- hold.lua, release.lua, confirm.lua, sweep.lua and batch.lua, so that the
+-- rules of a hold live in one place and every operation file stays a few lines.
+--
+-- KEYS (the same seven, in this order, for every mutating script):
+--   1 {ev:<id>}:meta       hash   version, status, max_per_customer, event_id
+--   2 {ev:<id>}:seats      hash   seat id -> "a" | "h:<hold id>" | "s:<order id>"
+--   3 {ev:<id>}:sections   hash   "codes" -> "A,FLOOR"; "<code>:kind" -> seated|general,
+--                                 "<code>:cap", "<code>:held", "<code>:sold"
+--   4 {ev:<id>}:holds      hash   hold id -> JSON {c, q, e, st, seats? | sec?, o?}
+--   5 {ev:<id>}:expiries   zset   "h:<hold id>" scored by expiry (ms),
+--                                 "g:<hold id>" scored by when its record may be forgotten
+--   6 {ev:<id>}:customers  hash   "<customer>:held", "<customer>:sold", "<customer>:holds"
+--   7 {ev:<id>}:outbox     stream confirmed sales, read by the Postgres writer
+--
+-- Time comes from the server (TIME): a hold whose expiry has passed is free to
+-- every script even if no sweep has run yet; a sweep only makes that visible.
+--
+-- Every script that changes anything bumps meta.version by exactly one and
+-- publishes {version, changes} on the channel given as ARGV[1].
+
+local K_META, K_SEATS, K_SECTIONS, K_HOLDS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local K_EXPIRIES, K_CUSTOMERS, K_OUTBOX = KEYS[5], KEYS[6], KEYS[7]
+local CHANNEL = ARGV[1]
+
+-- A released, expired or confirmed hold is remembered this long, so that a
+-- retried request with the same hold id is answered, not applied twice.
+local RECORD_RETENTION_MS = 24 * 3600 * 1000
+local RECLAIM_PER_CALL = 64
+local MAX_SEATS_PER_HOLD = 100
+
+local NOW = (function()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end)()
+
+-- ---------------------------------------------------------------- changes
+
+local changed_seats, changed_seat_order = {}, {}
+local changed_sections, changed_section_order = {}, {}
+
+local function section_changed(code)
+  if not changed_sections[code] then
+    changed_sections[code] = true
+    table.insert(changed_section_order, code)
+  end
+end
+
+local function seat_changed(seat, status)
+  if changed_seats[seat] == nil then
+    table.insert(changed_seat_order, seat)
+  end
+  changed_seats[seat] = status
+end
+
+local function section_of(seat)
+  return string.match(seat, '^(.+)%-%d+%-%d+$')
+end
+
+local function counter(code, field)
+  return tonumber(redis.call('HGET', K_SECTIONS, code .. ':' .. field) or '0')
+end
+
+local function bump(code, field, n)
+  redis.call('HINCRBY', K_SECTIONS, code .. ':' .. field, n)
+  section_changed(code)
+end
+
+-- Bumps the version once and publishes everything this script changed.
+local function finish()
+  if #changed_seat_order == 0 and #changed_section_order == 0 then
+    return tonumber(redis.call('HGET', K_META, 'version') or '0')
+  end
+  local version = redis.call('HINCRBY', K_META, 'version', 1)
+  local changes = {}
+  for _, seat in ipairs(changed_seat_order) do
+    table.insert(changes, {seat = seat, status = changed_seats[seat]})
+  end
+  for _, code in ipairs(changed_section_order) do
+    local cap, held, sold = counter(code, 'cap'), counter(code, 'held'), counter(code, 'sold')
+    table.insert(changes, {section = code, available = cap - held - sold, held = held, sold = sold})
+  end
+  redis.call('PUBLISH', CHANNEL, cjson.encode({version = version, changes = changes}))
+  return version
+end
+
+-- ---------------------------------------------------------------- holds
+
+local function get_hold(hold_id)
+  local raw = redis.call('HGET', K_HOLDS, hold_id)
+  if not raw then return nil end
+  return cjson.decode(raw)
+end
+
+local function put_hold(hold_id, rec)
+  redis.call('HSET', K_HOLDS, hold_id, cjson.encode(rec))
+end
+
+local function is_live(rec)
+  return rec.st == 'held' and rec.e > NOW
+end
+
+local function customer_holds(customer)
+  local raw = redis.call('HGET', K_CUSTOMERS, customer .. ':holds') or ''
+  local ids = {}
+  for id in string.gmatch(raw, '%S+') do table.insert(ids, id) end
+  return ids
+end
+
+local function set_customer_holds(customer, ids)
+  if #ids == 0 then
+    redis.call('HDEL', K_CUSTOMERS, customer .. ':holds')
+  else
+    redis.call('HSET', K_CUSTOMERS, customer .. ':holds', table.concat(ids, ' '))
+  end
+end
+
+local function drop_customer_hold(customer, hold_id)
+  local kept = {}
+  for _, id in ipairs(customer_holds(customer)) do
+    if id ~= hold_id then table.insert(kept, id) end
+  end
+  set_customer_holds(customer, kept)
+end
+
+-- Ends a hold that is still marked held: its seats or tickets leave "held",
+-- either back to sale (released/expired) or on to "sold" (confirmed).
+local function end_hold(hold_id, rec, new_status, order_id)
+  local sold = new_status == 'confirmed'
+  if rec.seats then
+    for _, seat in ipairs(rec.seats) do
+      local code = section_of(seat)
+      bump(code, 'held', -1)
+      if sold then
+        redis.call('HSET', K_SEATS, seat, 's:' .. order_id)
+        bump(code, 'sold', 1)
+        seat_changed(seat, 'sold')
+      else
+        redis.call('HSET', K_SEATS, seat, 'a')
+        seat_changed(seat, 'available')
+      end
+    end
+  else
+    bump(rec.sec, 'held', -rec.q)
+    if sold then bump(rec.sec, 'sold', rec.q) end
+  end
+  redis.call('HINCRBY', K_CUSTOMERS, rec.c .. ':held', -rec.q)
+  if sold then redis.call('HINCRBY', K_CUSTOMERS, rec.c .. ':sold', rec.q) end
+  drop_customer_hold(rec.c, hold_id)
+  rec.st = new_status
+  rec.o = order_id
+  put_hold(hold_id, rec)
+  redis.call('ZREM', K_EXPIRIES, 'h:' .. hold_id)
+  redis.call('ZADD', K_EXPIRIES, NOW + RECORD_RETENTION_MS, 'g:' .. hold_id)
+end
+
+-- Makes up to `limit` expired holds visible as released and forgets old
+-- records. Returns how many entries it handled and whether more are due.
+local function reclaim_expired(limit)
+  local due = redis.call('ZRANGEBYSCORE', K_EXPIRIES, '-inf', NOW, 'LIMIT', 0, limit)
+  for _, member in ipairs(due) do
+    local kind, hold_id = string.sub(member, 1, 1), string.sub(member, 3)
+    if kind == 'h' then
+      local rec = get_hold(hold_id)
+      if rec and rec.st == 'held' then
+        end_hold(hold_id, rec, 'expired')
+      else
+        redis.call('ZREM', K_EXPIRIES, member)
+      end
+    else
+      redis.call('HDEL', K_HOLDS, hold_id)
+      redis.call('ZREM', K_EXPIRIES, member)
+    end
+  end
+  return #due, #due == limit
+end
+
+-- ---------------------------------------------------------------- operations
+
+local function fail(code, extra)
+  local r = extra or {}
+  r.ok = false
+  r.code = code
+  return r
+end
+
+local function hold_result(hold_id, rec, replayed)
+  return {ok = true, hold_id = hold_id, customer_id = rec.c, seats = rec.seats,
+          section = rec.sec, quantity = rec.q, expires_at_ms = rec.e,
+          status = rec.st, replayed = replayed}
+end
+
+local function meta_field(field)
+  return redis.call('HGET', K_META, field)
+end
+
+-- Validates the request shape; returns an error result or nil.
+local function validate_hold(op)
+  if type(op.hold_id) ~= 'string' or op.hold_id == '' or string.find(op.hold_id, '%s')
+     or type(op.customer_id) ~= 'string' or op.customer_id == ''
+     or string.find(op.customer_id, '[%s:]') then
+    return fail('invalid_request', {detail = 'hold_id and customer_id must be non-empty tokens'})
+  end
+  if type(op.ttl_ms) ~= 'number' or op.ttl_ms < 1 then
+    return fail('invalid_request', {detail = 'ttl_ms must be positive'})
+  end
+  if op.seats ~= nil then
+    if type(op.seats) ~= 'table' or #op.seats == 0 or op.section ~= nil then
+      return fail('invalid_request', {detail = 'seats must be a non-empty list, without section'})
+    end
+    if #op.seats > MAX_SEATS_PER_HOLD then
+      return fail('invalid_request', {detail = 'too many seats in one hold'})
+    end
+    local seen, unknown, duplicate = {}, {}, {}
+    for _, seat in ipairs(op.seats) do
+      if type(seat) ~= 'string' then
+        return fail('invalid_request', {detail = 'seat ids are strings'})
+      end
+      if seen[seat] then
+        table.insert(duplicate, seat)
+      elseif redis.call('HEXISTS', K_SEATS, seat) == 0 then
+        table.insert(unknown, seat)
+      end
+      seen[seat] = true
+    end
+    if #duplicate > 0 then return fail('duplicate_seat', {seats = duplicate}) end
+    if #unknown > 0 then return fail('unknown_seat', {seats = unknown}) end
+    return nil
+  end
+  if type(op.section) ~= 'string' then
+    return fail('invalid_request', {detail = 'give seats, or a section and a quantity'})
+  end
+  local kind = redis.call('HGET', K_SECTIONS, op.section .. ':kind')
+  if not kind then return fail('unknown_section', {section = op.section}) end
+  if kind ~= 'general' then return fail('wrong_section_kind', {section = op.section}) end
+  if type(op.quantity) ~= 'number' or op.quantity < 1 or op.quantity ~= math.floor(op.quantity) then
+    return fail('invalid_quantity', {section = op.section})
+  end
+  return nil
+end
+
+-- Frees this customer's own holds that expired, so the limit counts live ones.
+local function settle_customer(customer)
+  for _, id in ipairs(customer_holds(customer)) do
+    local rec = get_hold(id)
+    if not rec then
+      drop_customer_hold(customer, id)
+    elseif rec.st == 'held' and rec.e <= NOW then
+      end_hold(id, rec, 'expired')
+    end
+  end
+end
+
+local function op_hold(op)
+  local status = meta_field('status')
+  if not status then return fail('event_not_found') end
+  local existing = type(op.hold_id) == 'string' and get_hold(op.hold_id)
+  if existing then
+    if existing.c ~= op.customer_id then return fail('hold_id_conflict') end
+    if is_live(existing) or existing.st == 'confirmed' then
+      return hold_result(op.hold_id, existing, true)
+    end
+    return fail('hold_expired', {hold_id = op.hold_id})
+  end
+  local invalid = validate_hold(op)
+  if invalid then return invalid end
+  if status ~= 'on_sale' then return fail('event_not_on_sale', {status = status}) end
+
+  local quantity = op.seats and #op.seats or op.quantity
+  local limit = tonumber(meta_field('max_per_customer') or '0')
+  if limit > 0 then
+    settle_customer(op.customer_id)
+    local held = tonumber(redis.call('HGET', K_CUSTOMERS, op.customer_id .. ':held') or '0')
+    local sold = tonumber(redis.call('HGET', K_CUSTOMERS, op.customer_id .. ':sold') or '0')
+    if held + sold + quantity > limit then
+      return fail('customer_limit', {limit = limit, held = held, sold = sold})
+    end
+  end
+
+  if op.seats then
+    local unavailable = {}
+    for _, seat in ipairs(op.seats) do
+      local state = redis.call('HGET', K_SEATS, seat)
+      if string.sub(state, 1, 2) == 'h:' then
+        local holder_id = string.sub(state, 3)
+        local holder = get_hold(holder_id)
+        if holder and is_live(holder) then
+          table.insert(unavailable, seat)
+        elseif holder and holder.st == 'held' then
+          end_hold(holder_id, holder, 'expired')
+        else
+          redis.call('HSET', K_SEATS, seat, 'a')
+        end
+      elseif state ~= 'a' then
+        table.insert(unavailable, seat)
+      end
+    end
+    if #unavailable > 0 then return fail('seats_unavailable', {unavailable = unavailable}) end
+    for _, seat in ipairs(op.seats) do
+      redis.call('HSET', K_SEATS, seat, 'h:' .. op.hold_id)
+      bump(section_of(seat), 'held', 1)
+      seat_changed(seat, 'held')
+    end
+  else
+    local code = op.section
+    local function available()
+      return counter(code, 'cap') - counter(code, 'held') - counter(code, 'sold')
+    end
+    if available() < quantity then
+      reclaim_expired(RECLAIM_PER_CALL * 4)
+      if available() < quantity then
+        return fail('sold_out', {section = code, available = math.max(available(), 0)})
+      end
+    end
+    bump(code, 'held', quantity)
+  end
+
+  local rec = {c = op.customer_id, q = quantity, e = NOW + op.ttl_ms, st = 'held',
+               seats = op.seats, sec = op.section}
+  put_hold(op.hold_id, rec)
+  redis.call('ZADD', K_EXPIRIES, rec.e, 'h:' .. op.hold_id)
+  redis.call('HINCRBY', K_CUSTOMERS, op.customer_id .. ':held', quantity)
+  local ids = customer_holds(op.customer_id)
+  table.insert(ids, op.hold_id)
+  set_customer_holds(op.customer_id, ids)
+  return hold_result(op.hold_id, rec, false)
+end
+
+local function op_release(op)
+  local rec = type(op.hold_id) == 'string' and get_hold(op.hold_id)
+  if not rec or (op.customer_id and op.customer_id ~= '' and rec.c ~= op.customer_id) then
+    return fail('hold_not_found', {hold_id = op.hold_id})
+  end
+  if rec.st == 'confirmed' then return fail('already_confirmed', {order_id = rec.o}) end
+  if rec.st ~= 'held' then
+    return {ok = true, hold_id = op.hold_id, released = false, status = rec.st}
+  end
+  local new_status = rec.e > NOW and 'released' or 'expired'
+  end_hold(op.hold_id, rec, new_status)
+  return {ok = true, hold_id = op.hold_id, released = new_status == 'released', status = new_status}
+end
+
+local function op_confirm(op)
+  if type(op.order_id) ~= 'string' or op.order_id == '' then
+    return fail('invalid_request', {detail = 'order_id is required'})
+  end
+  local rec = type(op.hold_id) == 'string' and get_hold(op.hold_id)
+  if not rec then return fail('hold_expired', {hold_id = op.hold_id}) end
+  if rec.st == 'confirmed' then
+    if rec.o == op.order_id then
+      return {ok = true, hold_id = op.hold_id, order_id = rec.o, replayed = true}
+    end
+    return fail('already_confirmed', {order_id = rec.o})
+  end
+  if rec.st ~= 'held' then return fail('hold_expired', {hold_id = op.hold_id}) end
+  if rec.e <= NOW then
+    end_hold(op.hold_id, rec, 'expired')
+    return fail('hold_expired', {hold_id = op.hold_id})
+  end
+  if meta_field('status') == 'cancelled' then
+    return fail('event_not_on_sale', {status = 'cancelled'})
+  end
+  end_hold(op.hold_id, rec, 'confirmed', op.order_id)
+  local entry_id = redis.call('XADD', K_OUTBOX, '*',
+    'type', 'order_confirmed',
+    'event_id', meta_field('event_id'),
+    'order_id', op.order_id,
+    'hold_id', op.hold_id,
+    'customer_id', rec.c,
+    'seats', rec.seats and table.concat(rec.seats, ',') or '',
+    'section', rec.sec or '',
+    'quantity', rec.q,
+    'confirmed_at_ms', NOW,
+    'meta', cjson.encode(op.meta or {}))
+  return {ok = true, hold_id = op.hold_id, order_id = op.order_id, replayed = false,
+          outbox_id = entry_id}
+end
+
+local OPERATIONS = {hold = op_hold, release = op_release, confirm = op_confirm}
+
+-- Applies ops in order, each all-or-nothing, and publishes one change set.
+-- `allowed` limits which operations this script accepts (nil: all).
+local function run(ops, allowed)
+  reclaim_expired(RECLAIM_PER_CALL)
+  local results = {}
+  for i, op in ipairs(ops) do
+    local fn = OPERATIONS[op.op]
+    if fn == nil or (allowed and op.op ~= allowed) then
+      results[i] = fail('invalid_request', {detail = 'unknown operation'})
+    else
+      results[i] = fn(op)
+    end
+  end
+  return cjson.encode({version = finish(), results = results})
+end

@@ -1,0 +1,80 @@
+-- load_inventory.lua — put an event's inventory into Redis, once.
+--
+-- KEYS[1] {ev:<id>}:meta      hash  version, status, max_per_customer, event_id
+-- KEYS[2] {ev:<id>}:seats     hash  seat id -> "a" (available)
+-- KEYS[3] {ev:<id>}:sections  hash  "codes", "<code>:kind|cap|held|sold|rows|seats_per_row"
+-- ARGV[1] event id
+-- ARGV[2] status (on_sale, draft, closed, cancelled)
+-- ARGV[3] max tickets per customer (0: no limit)
+-- ARGV[4] JSON array of sections, in display order:
+--         {"code": "A", "kind": "seated", "rows": R, "seats_per_row": S}
+--         {"code": "FLOOR", "kind": "general", "capacity": N}
+--
+-- Seat ids are "<code>-<row>-<seat>", rows and seats counted from 1.
+-- Idempotent: if the event is already loaded nothing changes.
+-- Returns JSON {"ok": true, "loaded": true|false, "version", "seats"}
+--   or {"ok": false, "code": "invalid_inventory", "detail"}.
+
+if redis.call('HEXISTS', KEYS[1], 'version') == 1 then
+  return cjson.encode({ok = true, loaded = false,
+                       version = tonumber(redis.call('HGET', KEYS[1], 'version'))})
+end
+
+local function bad(detail)
+  return cjson.encode({ok = false, code = 'invalid_inventory', detail = detail})
+end
+
+local function positive_int(v)
+  return type(v) == 'number' and v >= 1 and v == math.floor(v)
+end
+
+local sections = cjson.decode(ARGV[4])
+if type(sections) ~= 'table' or #sections == 0 then return bad('no sections') end
+local codes, seen = {}, {}
+for _, s in ipairs(sections) do
+  if type(s.code) ~= 'string' or not string.match(s.code, '^[%w_]+$') then
+    return bad('section codes are letters, digits and _')
+  end
+  if seen[s.code] then return bad('duplicate section ' .. s.code) end
+  seen[s.code] = true
+  if s.kind == 'seated' then
+    if not positive_int(s.rows) or not positive_int(s.seats_per_row) then
+      return bad('seated section ' .. s.code .. ' needs rows and seats_per_row')
+    end
+  elseif s.kind == 'general' then
+    if not positive_int(s.capacity) then
+      return bad('general section ' .. s.code .. ' needs a capacity')
+    end
+  else
+    return bad('section kind is seated or general')
+  end
+  table.insert(codes, s.code)
+end
+
+local total_seats = 0
+for _, s in ipairs(sections) do
+  local cap = s.capacity
+  if s.kind == 'seated' then
+    cap = s.rows * s.seats_per_row
+    local chunk = {}
+    for row = 1, s.rows do
+      for seat = 1, s.seats_per_row do
+        table.insert(chunk, s.code .. '-' .. row .. '-' .. seat)
+        table.insert(chunk, 'a')
+        if #chunk >= 2000 then
+          redis.call('HSET', KEYS[2], unpack(chunk))
+          chunk = {}
+        end
+      end
+    end
+    if #chunk > 0 then redis.call('HSET', KEYS[2], unpack(chunk)) end
+    total_seats = total_seats + cap
+    redis.call('HSET', KEYS[3], s.code .. ':rows', s.rows, s.code .. ':seats_per_row', s.seats_per_row)
+  end
+  redis.call('HSET', KEYS[3], s.code .. ':kind', s.kind, s.code .. ':cap', cap,
+             s.code .. ':held', 0, s.code .. ':sold', 0)
+end
+redis.call('HSET', KEYS[3], 'codes', table.concat(codes, ','))
+redis.call('HSET', KEYS[1], 'event_id', ARGV[1], 'status', ARGV[2],
+           'max_per_customer', tonumber(ARGV[3]) or 0, 'version', 1)
+return cjson.encode({ok = true, loaded = true, version = 1, seats = total_seats})

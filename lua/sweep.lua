@@ -1,0 +1,13 @@
+-- sweep.lua — make expired holds visible as released, in a bounded batch.
+--
+-- Holds are already free to every script once their expiry passes; the sweep
+-- frees the counters and publishes the change so viewers see it.
+--
+-- KEYS: the seven event keys of lib.lua.
+-- ARGV[1] change channel
+-- ARGV[2] the most entries to handle in this call (keeps the script short)
+--
+-- Returns JSON {"version", "handled", "more"}; more=true means call again.
+
+local handled, more = reclaim_expired(tonumber(ARGV[2]))
+return cjson.encode({version = finish(), handled = handled, more = more})
