@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 import ray
 from ray.actor import ActorHandle
@@ -36,8 +36,14 @@ class EventActor:
     this event in flight; ``apply`` only queues and waits.
     """
 
-    def __init__(self, event_id: str, redis_url: str, *, sweep_interval_s: float = 0.5,
-                 max_batch_ops: int = 1024) -> None:
+    def __init__(
+        self,
+        event_id: str,
+        redis_url: str,
+        *,
+        sweep_interval_s: float = 0.5,
+        max_batch_ops: int = 1024,
+    ) -> None:
         self.event_id = event_id
         self._redis = Redis.from_url(redis_url)
         self._scripts = InventoryScripts(self._redis)
@@ -56,10 +62,12 @@ class EventActor:
         self._wake.set()
         return await future
 
-    async def load_inventory(self, sections: list[Section], status: str,
-                             max_per_customer: int) -> bool:
+    async def load_inventory(
+        self, sections: list[Section], status: str, max_per_customer: int
+    ) -> bool:
         return await self._scripts.load_inventory(
-            self.event_id, sections, status=status, max_per_customer=max_per_customer)
+            self.event_id, sections, status=status, max_per_customer=max_per_customer
+        )
 
     async def set_status(self, status: str) -> str:
         return await self._scripts.set_status(self.event_id, status)
@@ -75,8 +83,9 @@ class EventActor:
         while True:
             if not self._pending:
                 try:
-                    await asyncio.wait_for(self._wake.wait(),
-                                           max(0.0, next_sweep - time.monotonic()))
+                    await asyncio.wait_for(
+                        self._wake.wait(), max(0.0, next_sweep - time.monotonic())
+                    )
                 except TimeoutError:
                     pass
             self._wake.clear()
@@ -92,8 +101,9 @@ class EventActor:
     async def _write_batch(self) -> None:
         taken: list[tuple[list[dict[str, Any]], asyncio.Future[list[dict[str, Any]]]]] = []
         ops: list[dict[str, Any]] = []
-        while self._pending and (not taken or
-                                 len(ops) + len(self._pending[0][0]) <= self._max_batch_ops):
+        while self._pending and (
+            not taken or len(ops) + len(self._pending[0][0]) <= self._max_batch_ops
+        ):
             group, future = self._pending.popleft()
             taken.append((group, future))
             ops.extend(group)
@@ -110,7 +120,7 @@ class EventActor:
         start = 0
         for group, future in taken:
             if not future.done():
-                future.set_result(result.results[start:start + len(group)])
+                future.set_result(result.results[start : start + len(group)])
             start += len(group)
 
     async def _sweep_due(self) -> None:
@@ -129,8 +139,9 @@ def actor_name(event_id: str) -> str:
     return f"event:{event_id}"
 
 
-def event_actor(event_id: str, redis_url: str, *, sweep_interval_s: float = 0.5,
-                max_batch_ops: int = 1024) -> ActorHandle:
+def event_actor(
+    event_id: str, redis_url: str, *, sweep_interval_s: float = 0.5, max_batch_ops: int = 1024
+) -> ActorHandle:
     """The actor of ``event_id``, created if it does not exist yet.
 
     All actor options live here. Detached, so it outlives the API worker
@@ -138,7 +149,7 @@ def event_actor(event_id: str, redis_url: str, *, sweep_interval_s: float = 0.5,
     during a restart are retried, which is safe because every command carries
     a caller-made id.
     """
-    return _RemoteEventActor.options(  # type: ignore[attr-defined]
+    options = _RemoteEventActor.options(
         name=actor_name(event_id),
         namespace=NAMESPACE,
         get_if_exists=True,
@@ -147,6 +158,8 @@ def event_actor(event_id: str, redis_url: str, *, sweep_interval_s: float = 0.5,
         max_task_retries=-1,
         max_concurrency=1000,
         num_cpus=0,
-    ).remote(event_id, redis_url, sweep_interval_s=sweep_interval_s,
-             max_batch_ops=max_batch_ops)
-
+    )
+    handle = options.remote(
+        event_id, redis_url, sweep_interval_s=sweep_interval_s, max_batch_ops=max_batch_ops
+    )
+    return cast(ActorHandle, handle)

@@ -97,9 +97,16 @@ class EngineClient:
     Redis, since a snapshot never changes anything.
     """
 
-    def __init__(self, redis_url: str, *, window_ms: float = 1.5, max_batch_ops: int = 256,
-                 call_timeout_s: float = 5.0, sweep_interval_s: float = 0.5,
-                 actor_max_batch_ops: int = 1024) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        window_ms: float = 1.5,
+        max_batch_ops: int = 256,
+        call_timeout_s: float = 5.0,
+        sweep_interval_s: float = 0.5,
+        actor_max_batch_ops: int = 1024,
+    ) -> None:
         self.redis_url = redis_url
         self._redis = Redis.from_url(redis_url)
         self._scripts = InventoryScripts(self._redis)
@@ -113,22 +120,37 @@ class EngineClient:
 
     # -------------------------------------------------------------- commands
 
-    async def hold_seats(self, event_id: str, customer_id: str, seats: Sequence[str], *,
-                         ttl_s: float, hold_id: str | None = None) -> HoldPlaced:
+    async def hold_seats(
+        self,
+        event_id: str,
+        customer_id: str,
+        seats: Sequence[str],
+        *,
+        ttl_s: float,
+        hold_id: str | None = None,
+    ) -> HoldPlaced:
         command = HoldSeats(hold_id or new_id(), customer_id, tuple(seats), _ms(ttl_s))
         return _expect(await self.submit(event_id, command), HoldPlaced)
 
-    async def hold_quantity(self, event_id: str, customer_id: str, section: str, quantity: int,
-                            *, ttl_s: float, hold_id: str | None = None) -> HoldPlaced:
+    async def hold_quantity(
+        self,
+        event_id: str,
+        customer_id: str,
+        section: str,
+        quantity: int,
+        *,
+        ttl_s: float,
+        hold_id: str | None = None,
+    ) -> HoldPlaced:
         command = HoldQuantity(hold_id or new_id(), customer_id, section, quantity, _ms(ttl_s))
         return _expect(await self.submit(event_id, command), HoldPlaced)
 
     async def release(self, event_id: str, hold_id: str, customer_id: str = "") -> HoldReleased:
-        return _expect(await self.submit(event_id, ReleaseHold(hold_id, customer_id)),
-                       HoldReleased)
+        return _expect(await self.submit(event_id, ReleaseHold(hold_id, customer_id)), HoldReleased)
 
-    async def confirm(self, event_id: str, hold_id: str, order_id: str,
-                      meta: dict[str, Any] | None = None) -> SaleConfirmed:
+    async def confirm(
+        self, event_id: str, hold_id: str, order_id: str, meta: dict[str, Any] | None = None
+    ) -> SaleConfirmed:
         command = ConfirmHold(hold_id, order_id, meta or {})
         return _expect(await self.submit(event_id, command), SaleConfirmed)
 
@@ -136,19 +158,29 @@ class EngineClient:
         """Queues ``command`` into the event's next batch; raises its EngineError."""
         coalescer = self._coalescers.get(event_id)
         if coalescer is None:
-            coalescer = _Coalescer(lambda ops: self._call_actor(event_id, ops),
-                                   self._window_s, self._max_batch_ops)
+            coalescer = _Coalescer(
+                lambda ops: self._call_actor(event_id, ops), self._window_s, self._max_batch_ops
+            )
             self._coalescers[event_id] = coalescer
         return raise_for(await coalescer.submit(command))
 
     # -------------------------------------------------------------- inventory
 
-    async def load_inventory(self, event_id: str, sections: Sequence[Section], *,
-                             status: str = "on_sale", max_per_customer: int = 0) -> bool:
+    async def load_inventory(
+        self,
+        event_id: str,
+        sections: Sequence[Section],
+        *,
+        status: str = "on_sale",
+        max_per_customer: int = 0,
+    ) -> bool:
         """Loads an event's seat map into Redis (once) and starts its actor."""
         actor = self.actor(event_id)
-        return bool(await self._await(
-            event_id, actor.load_inventory.remote(list(sections), status, max_per_customer)))
+        return bool(
+            await self._await(
+                event_id, actor.load_inventory.remote(list(sections), status, max_per_customer)
+            )
+        )
 
     async def set_status(self, event_id: str, status: str) -> str:
         return str(await self._await(event_id, self.actor(event_id).set_status.remote(status)))
@@ -162,9 +194,12 @@ class EngineClient:
     def actor(self, event_id: str) -> ActorHandle:
         handle = self._actors.get(event_id)
         if handle is None:
-            handle = event_actor(event_id, self.redis_url,
-                                 sweep_interval_s=self._sweep_interval_s,
-                                 max_batch_ops=self._actor_max_batch_ops)
+            handle = event_actor(
+                event_id,
+                self.redis_url,
+                sweep_interval_s=self._sweep_interval_s,
+                max_batch_ops=self._actor_max_batch_ops,
+            )
             self._actors[event_id] = handle
         return handle
 

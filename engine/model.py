@@ -46,8 +46,12 @@ class SeatedSection:
         ]
 
     def to_wire(self) -> dict[str, Any]:
-        return {"code": self.code, "kind": self.kind, "rows": self.rows,
-                "seats_per_row": self.seats_per_row}
+        return {
+            "code": self.code,
+            "kind": self.kind,
+            "rows": self.rows,
+            "seats_per_row": self.seats_per_row,
+        }
 
 
 @dataclass(frozen=True)
@@ -74,8 +78,13 @@ class HoldSeats:
     ttl_ms: int
 
     def to_wire(self) -> dict[str, Any]:
-        return {"op": "hold", "hold_id": self.hold_id, "customer_id": self.customer_id,
-                "seats": list(self.seats), "ttl_ms": self.ttl_ms}
+        return {
+            "op": "hold",
+            "hold_id": self.hold_id,
+            "customer_id": self.customer_id,
+            "seats": list(self.seats),
+            "ttl_ms": self.ttl_ms,
+        }
 
 
 @dataclass(frozen=True)
@@ -87,8 +96,14 @@ class HoldQuantity:
     ttl_ms: int
 
     def to_wire(self) -> dict[str, Any]:
-        return {"op": "hold", "hold_id": self.hold_id, "customer_id": self.customer_id,
-                "section": self.section, "quantity": self.quantity, "ttl_ms": self.ttl_ms}
+        return {
+            "op": "hold",
+            "hold_id": self.hold_id,
+            "customer_id": self.customer_id,
+            "section": self.section,
+            "quantity": self.quantity,
+            "ttl_ms": self.ttl_ms,
+        }
 
 
 @dataclass(frozen=True)
@@ -107,8 +122,12 @@ class ConfirmHold:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"op": "confirm", "hold_id": self.hold_id, "order_id": self.order_id,
-                "meta": self.meta}
+        return {
+            "op": "confirm",
+            "hold_id": self.hold_id,
+            "order_id": self.order_id,
+            "meta": self.meta,
+        }
 
 
 Command = HoldSeats | HoldQuantity | ReleaseHold | ConfirmHold
@@ -154,15 +173,22 @@ def outcome_from_wire(command: Command, raw: dict[str, Any]) -> Outcome | Engine
     if isinstance(command, HoldSeats | HoldQuantity):
         seats = raw.get("seats")
         return HoldPlaced(
-            hold_id=raw["hold_id"], customer_id=raw["customer_id"], quantity=int(raw["quantity"]),
-            expires_at_ms=int(raw["expires_at_ms"]), seats=tuple(seats) if seats else None,
-            section=raw.get("section"), status=raw["status"], replayed=bool(raw["replayed"]),
+            hold_id=raw["hold_id"],
+            customer_id=raw["customer_id"],
+            quantity=int(raw["quantity"]),
+            expires_at_ms=int(raw["expires_at_ms"]),
+            seats=tuple(seats) if seats else None,
+            section=raw.get("section"),
+            status=raw["status"],
+            replayed=bool(raw["replayed"]),
         )
     if isinstance(command, ReleaseHold):
-        return HoldReleased(hold_id=raw["hold_id"], released=bool(raw["released"]),
-                            status=raw["status"])
-    return SaleConfirmed(hold_id=raw["hold_id"], order_id=raw["order_id"],
-                         replayed=bool(raw["replayed"]))
+        return HoldReleased(
+            hold_id=raw["hold_id"], released=bool(raw["released"]), status=raw["status"]
+        )
+    return SaleConfirmed(
+        hold_id=raw["hold_id"], order_id=raw["order_id"], replayed=bool(raw["replayed"])
+    )
 
 
 @dataclass(frozen=True)

@@ -41,3 +41,8 @@ def connect(address: str | None = None, *, object_store_bytes: int | None = None
 def disconnect() -> None:
     if ray.is_initialized():
         ray.shutdown()
+
+
+def is_ready() -> bool:
+    """Connected, and the cluster answers with its resources (a GCS round trip)."""
+    return ray.is_initialized() and bool(ray.cluster_resources())

@@ -67,8 +67,15 @@ class EventKeys:
 
     def mutation_keys(self) -> list[str]:
         """KEYS for every script built on lua/lib.lua, in lib.lua's order."""
-        return [self.meta, self.seats, self.sections, self.holds, self.expiries,
-                self.customers, self.outbox]
+        return [
+            self.meta,
+            self.seats,
+            self.sections,
+            self.holds,
+            self.expiries,
+            self.customers,
+            self.outbox,
+        ]
 
     def inventory_keys(self) -> list[str]:
         return [self.meta, self.seats, self.sections]
@@ -103,14 +110,21 @@ class InventoryScripts:
         self._sweep = redis.register_script(lib + _lua("sweep.lua"))
 
     async def load_inventory(
-        self, event_id: str, sections: Sequence[Section], *, status: str = "on_sale",
+        self,
+        event_id: str,
+        sections: Sequence[Section],
+        *,
+        status: str = "on_sale",
         max_per_customer: int = 0,
     ) -> bool:
         """Loads the seat map once; returns False if it was already loaded."""
         keys = EventKeys(event_id)
         wire = json.dumps([s.to_wire() for s in sections])
-        raw = json.loads(await self._load(keys=keys.inventory_keys(),
-                                          args=[event_id, status, max_per_customer, wire]))
+        raw = json.loads(
+            await self._load(
+                keys=keys.inventory_keys(), args=[event_id, status, max_per_customer, wire]
+            )
+        )
         if not raw["ok"]:
             raise InvalidInventory(raw.get("detail"))
         return bool(raw["loaded"])
@@ -128,8 +142,9 @@ class InventoryScripts:
 
     async def apply_wire(self, event_id: str, ops: Sequence[dict[str, Any]]) -> BatchResult:
         keys = EventKeys(event_id)
-        raw = json.loads(await self._batch(keys=keys.mutation_keys(),
-                                           args=[keys.channel, json.dumps(ops)]))
+        raw = json.loads(
+            await self._batch(keys=keys.mutation_keys(), args=[keys.channel, json.dumps(ops)])
+        )
         return BatchResult(version=int(raw["version"]), results=list(raw["results"]))
 
     async def apply_one(self, event_id: str, command: Command) -> BatchResult:
@@ -137,8 +152,11 @@ class InventoryScripts:
         keys = EventKeys(event_id)
         script = {"hold": self._hold, "release": self._release, "confirm": self._confirm}
         wire = command.to_wire()
-        raw = json.loads(await script[wire["op"]](keys=keys.mutation_keys(),
-                                                  args=[keys.channel, json.dumps(wire)]))
+        raw = json.loads(
+            await script[wire["op"]](
+                keys=keys.mutation_keys(), args=[keys.channel, json.dumps(wire)]
+            )
+        )
         return BatchResult(version=int(raw["version"]), results=list(raw["results"]))
 
     async def apply_one_pipelined(
@@ -154,17 +172,18 @@ class InventoryScripts:
         async with self.redis.pipeline(transaction=False) as pipe:
             for command in commands:
                 wire = command.to_wire()
-                await script[wire["op"]](keys=keys.mutation_keys(),
-                                         args=[keys.channel, json.dumps(wire)], client=pipe)
+                await script[wire["op"]](
+                    keys=keys.mutation_keys(), args=[keys.channel, json.dumps(wire)], client=pipe
+                )
             replies = await pipe.execute()
         return [json.loads(r)["results"][0] for r in replies]
 
     async def sweep(self, event_id: str, limit: int = 500) -> SweepResult:
         keys = EventKeys(event_id)
-        raw = json.loads(await self._sweep(keys=keys.mutation_keys(),
-                                           args=[keys.channel, limit]))
-        return SweepResult(version=int(raw["version"]), handled=int(raw["handled"]),
-                           more=bool(raw["more"]))
+        raw = json.loads(await self._sweep(keys=keys.mutation_keys(), args=[keys.channel, limit]))
+        return SweepResult(
+            version=int(raw["version"]), handled=int(raw["handled"]), more=bool(raw["more"])
+        )
 
     async def snapshot(self, event_id: str) -> Snapshot:
         raw = json.loads(await self._snapshot(keys=EventKeys(event_id).inventory_keys()))
@@ -172,7 +191,8 @@ class InventoryScripts:
             raise error_from_code(raw["code"])
         seats = raw["seats"] if isinstance(raw["seats"], dict) else {}
         return Snapshot(
-            version=int(raw["version"]), status=raw["status"],
+            version=int(raw["version"]),
+            status=raw["status"],
             max_per_customer=int(raw.get("max_per_customer") or 0),
             sections=tuple(SectionAvailability(**s) for s in raw["sections"]),
             seats=seats,

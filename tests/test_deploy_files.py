@@ -1,0 +1,27 @@
+"""The deployment files users run elsewhere still parse and name real settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from api.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ray_cluster_yaml_passes_rays_own_schema() -> None:
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())
+    validate_config(prepare_config(config))
+    head = " ".join(config["head_start_ray_commands"])
+    assert "--port=6380" in head  # never Ray's default 6379, which Redis holds
+
+
+def test_compose_api_service_uses_only_known_settings() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    env = compose["services"]["api"]["environment"]
+    known = {f"ONSALE_{name.upper()}" for name in Settings.model_fields} | {"RAY_ADDRESS"}
+    assert set(env) <= known
+    assert env["RAY_ADDRESS"].endswith(":6380")
