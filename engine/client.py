@@ -84,9 +84,16 @@ class _Coalescer:
             if not isinstance(exc, Exception):
                 raise
             return
-        for (command, future), result in zip(items, raw, strict=True):
+        try:
+            outcomes = [outcome_from_wire(c, r) for (c, _), r in zip(items, raw, strict=True)]
+        except Exception as exc:  # a malformed reply must not leave callers waiting
+            for _, future in items:
+                if not future.done():
+                    future.set_exception(EngineUnavailable(f"malformed engine reply: {exc}"))
+            return
+        for (_, future), outcome in zip(items, outcomes, strict=True):
             if not future.done():
-                future.set_result(outcome_from_wire(command, result))
+                future.set_result(outcome)
 
 
 class EngineClient:

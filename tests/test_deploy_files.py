@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+
 from api.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
