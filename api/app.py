@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -37,6 +38,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             sweep_interval_s=settings.sweep_interval_s,
         )
         app.state.db = create_engine(settings.database_url or "")
+        gc.collect()
+        gc.freeze()  # start-up objects live for the process: spare the collector
         try:
             yield
         finally:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -216,6 +217,8 @@ async def drive(
     tally = Tally()
     pending = iter(stream)
     pauses = random.Random(seed)
+    gc.collect()
+    gc.freeze()  # as an API worker does after start-up (api/app.py)
     start = time.perf_counter()
     deadline = start + time_box_s if time_box_s else float("inf")
 

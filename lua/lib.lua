@@ -59,19 +59,55 @@ local function section_of(seat)
   return string.match(seat, '^(.+)%-%d+%-%d+$')
 end
 
+-- Section counters are read once per script and written back once, in
+-- finish(): a batch of hundreds of holds on one section costs two calls, not
+-- hundreds. Nothing else reads them while the script runs.
+local section_cache = {}
+
+local function section(code)
+  local cached = section_cache[code]
+  if cached == nil then
+    local f = redis.call('HMGET', K_SECTIONS, code .. ':kind', code .. ':cap',
+                         code .. ':held', code .. ':sold')
+    cached = f[1] and {kind = f[1], cap = tonumber(f[2]), held = tonumber(f[3]),
+                       sold = tonumber(f[4])} or false
+    section_cache[code] = cached
+  end
+  return cached or nil
+end
+
 local function counter(code, field)
-  return tonumber(redis.call('HGET', K_SECTIONS, code .. ':' .. field) or '0')
+  return section(code)[field]
 end
 
 local function bump(code, field, n)
-  redis.call('HINCRBY', K_SECTIONS, code .. ':' .. field, n)
+  local s = section(code)
+  s[field] = s[field] + n
   section_changed(code)
+end
+
+local meta_cache = {}
+
+local function meta_field(field)
+  if meta_cache[field] == nil then
+    meta_cache[field] = redis.call('HGET', K_META, field) or false
+  end
+  return meta_cache[field] or nil
+end
+
+-- 0: no per-customer limit, and no per-customer hold list to keep.
+local function customer_limit()
+  return tonumber(meta_field('max_per_customer') or '0')
 end
 
 -- Bumps the version once and publishes everything this script changed.
 local function finish()
   if #changed_seat_order == 0 and #changed_section_order == 0 then
     return tonumber(redis.call('HGET', K_META, 'version') or '0')
+  end
+  for _, code in ipairs(changed_section_order) do
+    local s = section_cache[code]
+    redis.call('HSET', K_SECTIONS, code .. ':held', s.held, code .. ':sold', s.sold)
   end
   local version = redis.call('HINCRBY', K_META, 'version', 1)
   local changes = {}
@@ -148,7 +184,7 @@ local function end_hold(hold_id, rec, new_status, order_id)
   end
   redis.call('HINCRBY', K_CUSTOMERS, rec.c .. ':held', -rec.q)
   if sold then redis.call('HINCRBY', K_CUSTOMERS, rec.c .. ':sold', rec.q) end
-  drop_customer_hold(rec.c, hold_id)
+  if customer_limit() > 0 then drop_customer_hold(rec.c, hold_id) end
   rec.st = new_status
   rec.o = order_id
   put_hold(hold_id, rec)
@@ -192,10 +228,6 @@ local function hold_result(hold_id, rec, replayed)
           status = rec.st, replayed = replayed}
 end
 
-local function meta_field(field)
-  return redis.call('HGET', K_META, field)
-end
-
 -- Validates the request shape; returns an error result or nil.
 local function validate_hold(op)
   if type(op.hold_id) ~= 'string' or op.hold_id == '' or string.find(op.hold_id, '%s')
@@ -232,9 +264,9 @@ local function validate_hold(op)
   if type(op.section) ~= 'string' then
     return fail('invalid_request', {detail = 'give seats, or a section and a quantity'})
   end
-  local kind = redis.call('HGET', K_SECTIONS, op.section .. ':kind')
-  if not kind then return fail('unknown_section', {section = op.section}) end
-  if kind ~= 'general' then return fail('wrong_section_kind', {section = op.section}) end
+  local target = section(op.section)
+  if not target then return fail('unknown_section', {section = op.section}) end
+  if target.kind ~= 'general' then return fail('wrong_section_kind', {section = op.section}) end
   if type(op.quantity) ~= 'number' or op.quantity < 1 or op.quantity ~= math.floor(op.quantity) then
     return fail('invalid_quantity', {section = op.section})
   end
@@ -269,7 +301,7 @@ local function op_hold(op)
   if status ~= 'on_sale' then return fail('event_not_on_sale', {status = status}) end
 
   local quantity = op.seats and #op.seats or op.quantity
-  local limit = tonumber(meta_field('max_per_customer') or '0')
+  local limit = customer_limit()
   if limit > 0 then
     settle_customer(op.customer_id)
     local held = tonumber(redis.call('HGET', K_CUSTOMERS, op.customer_id .. ':held') or '0')
@@ -322,9 +354,11 @@ local function op_hold(op)
   put_hold(op.hold_id, rec)
   redis.call('ZADD', K_EXPIRIES, rec.e, 'h:' .. op.hold_id)
   redis.call('HINCRBY', K_CUSTOMERS, op.customer_id .. ':held', quantity)
-  local ids = customer_holds(op.customer_id)
-  table.insert(ids, op.hold_id)
-  set_customer_holds(op.customer_id, ids)
+  if limit > 0 then
+    local ids = customer_holds(op.customer_id)
+    table.insert(ids, op.hold_id)
+    set_customer_holds(op.customer_id, ids)
+  end
   return hold_result(op.hold_id, rec, false)
 end
 
