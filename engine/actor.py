@@ -14,7 +14,7 @@ import gc
 import logging
 import time
 from collections import deque
-from typing import Any, cast
+from typing import cast
 
 import ray
 from ray.actor import ActorHandle
@@ -50,20 +50,24 @@ class EventActor:
         self._scripts = InventoryScripts(self._redis)
         self._sweep_interval_s = sweep_interval_s
         self._max_batch_ops = max_batch_ops
-        self._pending: deque[tuple[list[dict[str, Any]], asyncio.Future[list[dict[str, Any]]]]]
-        self._pending = deque()
+        self._pending: deque[tuple[str, int, asyncio.Future[tuple[bytes, int]]]] = deque()
         self._wake = asyncio.Event()
-        self._stats = {"batches": 0, "ops": 0, "sweeps": 0, "swept_holds": 0, "version": 0}
+        self._stats = {"batches": 0, "ops": 0, "sweeps": 0, "swept_holds": 0}
         self._writer = asyncio.get_running_loop().create_task(self._write_loop())
         # Everything alive now lives as long as the actor: keep it out of the
         # collector's full passes, which otherwise stall a batch by tens of ms.
         gc.collect()
         gc.freeze()
 
-    async def apply(self, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Queues wire-form commands; returns one script result per command."""
-        future: asyncio.Future[list[dict[str, Any]]] = asyncio.get_running_loop().create_future()
-        self._pending.append((ops, future))
+    async def apply(self, ops_json: str, count: int) -> tuple[bytes, int]:
+        """Queues ``count`` commands encoded as a JSON array.
+
+        Returns the batch's undecoded batch.lua reply and the index of this
+        call's first result in it: the caller decodes, so the single writer
+        spends its time writing.
+        """
+        future: asyncio.Future[tuple[bytes, int]] = asyncio.get_running_loop().create_future()
+        self._pending.append((ops_json, count, future))
         self._wake.set()
         return await future
 
@@ -104,29 +108,27 @@ class EventActor:
                 log.exception("event %s: write loop step failed", self.event_id)
 
     async def _write_batch(self) -> None:
-        taken: list[tuple[list[dict[str, Any]], asyncio.Future[list[dict[str, Any]]]]] = []
-        ops: list[dict[str, Any]] = []
-        while self._pending and (
-            not taken or len(ops) + len(self._pending[0][0]) <= self._max_batch_ops
-        ):
-            group, future = self._pending.popleft()
-            taken.append((group, future))
-            ops.extend(group)
+        taken: list[tuple[str, int, asyncio.Future[tuple[bytes, int]]]] = []
+        count = 0
+        while self._pending and (not taken or count + self._pending[0][1] <= self._max_batch_ops):
+            taken.append(self._pending.popleft())
+            count += taken[-1][1]
+        # Each caller sent a JSON array; splice their elements into one array.
+        ops_json = "[" + ",".join(group[1:-1] for group, _, _ in taken) + "]"
         try:
-            result = await self._scripts.apply_wire(self.event_id, ops)
+            reply = await self._scripts.apply_encoded(self.event_id, ops_json)
         except Exception as exc:
-            for _, future in taken:
+            for _, _, future in taken:
                 if not future.done():
                     future.set_exception(exc)
             raise
         self._stats["batches"] += 1
-        self._stats["ops"] += len(ops)
-        self._stats["version"] = result.version
-        start = 0
-        for group, future in taken:
+        self._stats["ops"] += count
+        offset = 0
+        for _, group_count, future in taken:
             if not future.done():
-                future.set_result(result.results[start : start + len(group)])
-            start += len(group)
+                future.set_result((reply, offset))
+            offset += group_count
 
     async def _sweep_due(self) -> None:
         for _ in range(SWEEP_CALLS_PER_TICK):

@@ -9,6 +9,7 @@ its own outcome, or its own :class:`~engine.errors.EngineError`.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -40,7 +41,7 @@ from engine.scripts import InventoryScripts
 log = logging.getLogger(__name__)
 
 _O = TypeVar("_O", HoldPlaced, HoldReleased, SaleConfirmed)
-Send = Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
+Send = Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]  # one result each
 
 
 class _Coalescer:
@@ -219,12 +220,18 @@ class EngineClient:
     # -------------------------------------------------------------- plumbing
 
     async def _call_actor(self, event_id: str, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        encoded = json.dumps(ops)
         try:
-            return list(await self._await(event_id, self.actor(event_id).apply.remote(ops)))
+            reply, offset = await self._await(
+                event_id, self.actor(event_id).apply.remote(encoded, len(ops))
+            )
         except _ActorGone:
             # Gone for good (not restarting): the retry makes a fresh actor,
             # and the commands' ids make the second attempt safe.
-            return list(await self._await(event_id, self.actor(event_id).apply.remote(ops)))
+            reply, offset = await self._await(
+                event_id, self.actor(event_id).apply.remote(encoded, len(ops))
+            )
+        return list(json.loads(reply)["results"][offset : offset + len(ops)])
 
     async def _await(self, event_id: str, ref: Any) -> Any:
         try:

@@ -141,11 +141,17 @@ class InventoryScripts:
         return await self.apply_wire(event_id, [c.to_wire() for c in commands])
 
     async def apply_wire(self, event_id: str, ops: Sequence[dict[str, Any]]) -> BatchResult:
-        keys = EventKeys(event_id)
-        raw = json.loads(
-            await self._batch(keys=keys.mutation_keys(), args=[keys.channel, json.dumps(ops)])
-        )
+        raw = json.loads(await self.apply_encoded(event_id, json.dumps(ops)))
         return BatchResult(version=int(raw["version"]), results=list(raw["results"]))
+
+    async def apply_encoded(self, event_id: str, ops_json: str) -> bytes:
+        """batch.lua on an already encoded JSON array; returns the reply undecoded.
+
+        The actor's hot path: it neither decodes what callers sent nor what
+        Redis answered, it only joins and forwards.
+        """
+        keys = EventKeys(event_id)
+        return bytes(await self._batch(keys=keys.mutation_keys(), args=[keys.channel, ops_json]))
 
     async def apply_one(self, event_id: str, command: Command) -> BatchResult:
         """One command through its own script (hold.lua, release.lua, confirm.lua)."""
