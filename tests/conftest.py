@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
@@ -77,7 +76,3 @@ def event_id() -> str:
 
 
 SMALL_MAP = [SeatedSection("A", rows=3, seats_per_row=4), GeneralSection("FLOOR", capacity=20)]
-
-
-def data_path(name: str) -> Path:
-    return Path(__file__).parent / name
