@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--workers", type=int, default=1)
     serve = commands.add_parser("serve", help="run the API (embedded servers if no URLs)")
     serve.add_argument("--workers", type=int, default=1)
+    commands.add_parser("migrate", help="bring the database schema up to date")
     bench = commands.add_parser("bench", help="benchmarks")
     bench.add_argument("name", choices=["engine"])
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
@@ -26,6 +27,12 @@ def main(argv: list[str] | None = None) -> int:
         from api.supervisor import serve as run
 
         run(Settings(), workers=args.workers)
+        return 0
+    if args.command == "migrate":
+        from api.supervisor import embedded_stack
+
+        with embedded_stack(Settings(), with_ray=False):  # upgrades the schema on entry
+            logging.getLogger("onsale").info("schema is at the latest migration")
         return 0
     if args.command == "bench":
         from bench import engine as engine_bench

@@ -17,6 +17,7 @@ import uvicorn
 
 from api.settings import Settings
 from engine import runtime
+from persistence import migrate
 
 log = logging.getLogger("onsale")
 
@@ -26,7 +27,7 @@ class _Server(Protocol):
 
 
 @contextlib.contextmanager
-def embedded_stack(settings: Settings) -> Iterator[Settings]:
+def embedded_stack(settings: Settings, *, with_ray: bool = True) -> Iterator[Settings]:
     """Starts Valkey, Postgres and Ray where no URL/address says otherwise.
 
     Yields the settings with every URL filled in; the environment carries the
@@ -49,13 +50,16 @@ def embedded_stack(settings: Settings) -> Iterator[Settings]:
             started.append(postgres)
             settings.database_url = postgres.start()
             log.info("embedded Postgres on %s", settings.database_url)
-        ray_address = runtime.connect(
-            settings.ray_address, object_store_bytes=settings.ray_object_store_mb * 1024 * 1024
-        )
-        log.info("Ray at %s", ray_address)
+        migrate.upgrade(settings.database_url)  # `make up` always runs on the current schema
         os.environ["ONSALE_REDIS_URL"] = settings.redis_url
         os.environ["ONSALE_DATABASE_URL"] = settings.database_url
-        os.environ["RAY_ADDRESS"] = settings.ray_address or ray_address
+        if with_ray:
+            ray_address = runtime.connect(
+                settings.ray_address,
+                object_store_bytes=settings.ray_object_store_mb * 1024 * 1024,
+            )
+            log.info("Ray at %s", ray_address)
+            os.environ["RAY_ADDRESS"] = settings.ray_address or ray_address
         yield settings
     finally:
         runtime.disconnect()
