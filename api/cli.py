@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run the API (embedded servers if no URLs)")
     serve.add_argument("--workers", type=int, default=1)
     commands.add_parser("migrate", help="bring the database schema up to date")
+    commands.add_parser("writer", help="write confirmed sales from the outbox to Postgres")
     bench = commands.add_parser("bench", help="benchmarks")
     bench.add_argument("name", choices=["engine"])
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
@@ -26,13 +27,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("up", "serve"):
         from api.supervisor import serve as run
 
-        run(Settings(), workers=args.workers)
+        run(Settings(), workers=args.workers, with_writer=args.command == "up")
         return 0
     if args.command == "migrate":
         from api.supervisor import embedded_stack
 
         with embedded_stack(Settings(), with_ray=False):  # upgrades the schema on entry
             logging.getLogger("onsale").info("schema is at the latest migration")
+        return 0
+    if args.command == "writer":
+        from api.supervisor import run_writer
+
+        run_writer(Settings())
         return 0
     if args.command == "bench":
         from bench import engine as engine_bench

@@ -7,9 +7,13 @@ Ctrl-C stops the workers, then the servers, in reverse order.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -68,9 +72,49 @@ def embedded_stack(settings: Settings, *, with_ray: bool = True) -> Iterator[Set
         log.info("stopped")
 
 
-def serve(settings: Settings, workers: int = 1) -> None:
+def run_writer(settings: Settings) -> None:
+    """`onsale writer` until SIGINT/SIGTERM, on the embedded servers if no URLs are set."""
+    from persistence.writer import run_writer as write_behind
+
+    with embedded_stack(settings, with_ray=False) as ready:
+        stop = asyncio.Event()
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await write_behind(
+                ready.redis_url or "",
+                ready.database_url or "",
+                stop,
+                batch_size=ready.writer_batch_size,
+                reclaim_idle_ms=ready.writer_reclaim_idle_ms,
+            )
+
+        asyncio.run(main())
+
+
+@contextlib.contextmanager
+def writer_process() -> Iterator[subprocess.Popen[bytes]]:
+    """A writer beside the API workers, on the servers the environment names."""
+    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "writer"])
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def serve(settings: Settings, workers: int = 1, *, with_writer: bool = False) -> None:
     """Runs the API on settings.host:port until interrupted."""
-    with embedded_stack(settings) as ready:
+    with (
+        embedded_stack(settings) as ready,
+        writer_process() if with_writer else contextlib.nullcontext(),
+    ):
         uvicorn.run(
             "api.app:create_app",
             factory=True,

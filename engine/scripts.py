@@ -18,6 +18,10 @@ from redis.asyncio import Redis
 from engine.errors import InvalidInventory, error_from_code
 from engine.model import Command, Section, SectionAvailability, Snapshot
 
+# Every event's outbox stream, for the Postgres writer to find. Not an event
+# key: only Python touches it, never a script, so it may live in any slot.
+OUTBOX_REGISTRY = "onsale:outboxes"
+
 
 def _lua(name: str) -> str:
     return resources.files("lua").joinpath(name).read_text(encoding="utf-8")
@@ -128,6 +132,7 @@ class InventoryScripts:
         )
         if not raw["ok"]:
             raise InvalidInventory(raw.get("detail"))
+        await self.redis.sadd(OUTBOX_REGISTRY, keys.outbox)
         return bool(raw["loaded"])
 
     async def set_status(self, event_id: str, status: str) -> str:

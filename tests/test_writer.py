@@ -1,0 +1,195 @@
+"""The write-behind: every confirmed sale reaches Postgres exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from engine.client import EngineClient
+from engine.model import HoldPlaced
+from engine.scripts import EventKeys
+from persistence import migrate
+from persistence.catalog import SectionSpec, add_event, publish_event
+from persistence.db import create_engine
+from persistence.embedded import EmbeddedPostgres, free_port
+from persistence.writer import OutboxWriter
+
+SECTIONS = [
+    SectionSpec("A", "Stalls", 5000, "seated", rows=30, seats_per_row=50),
+    SectionSpec("GA", "Floor", 3000, "general", capacity=20_000),
+]
+
+
+@pytest.fixture(scope="session")
+async def db(database_url: str) -> AsyncIterator[AsyncEngine]:
+    migrate.upgrade(database_url)
+    engine = create_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+async def published_event(db: AsyncEngine, client: EngineClient) -> str:
+    event_id = uuid.uuid4().hex[:16]
+    await add_event(
+        db,
+        event_id,
+        name="Gig",
+        venue="Hall",
+        starts_at=datetime.now(UTC),
+        currency="EUR",
+        sections=SECTIONS,
+    )
+    await publish_event(db, client, event_id)
+    return event_id
+
+
+async def sell(client: EngineClient, event_id: str, n: int, seats_from: int = 0) -> int:
+    """n confirmed orders (every 4th one seated); returns the tickets sold."""
+
+    async def one(i: int) -> int:
+        if i % 4 == 0:
+            seat = seats_from + i // 4
+            hold: HoldPlaced = await client.hold_seats(
+                event_id, f"c{i}", [f"A-{seat // 50 + 1}-{seat % 50 + 1}"], ttl_s=600
+            )
+        else:
+            hold = await client.hold_quantity(event_id, f"c{i}", "GA", 1 + i % 3, ttl_s=600)
+        await client.confirm(
+            event_id, hold.hold_id, f"{event_id}-o{i}", {"amount_cents": 1000, "currency": "EUR"}
+        )
+        return hold.quantity
+
+    return sum(await asyncio.gather(*[one(i) for i in range(n)]))
+
+
+async def counts(url: str, event_id: str) -> tuple[int, int, int]:
+    conn = await asyncpg.connect(url)
+    try:
+        row = await conn.fetchrow(
+            """SELECT (SELECT count(*) FROM orders WHERE event_id = $1 AND status = 'paid'),
+                      (SELECT count(DISTINCT id) FROM orders WHERE event_id = $1),
+                      (SELECT count(*) FROM tickets WHERE event_id = $1)""",
+            event_id,
+        )
+        return row[0], row[1], row[2]
+    finally:
+        await conn.close()
+
+
+async def wait_for(predicate, deadline_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    while not await predicate():
+        assert loop.time() < end, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+async def test_writer_records_each_sale_once_even_when_redelivered(
+    db: AsyncEngine, client: EngineClient, redis: Redis, database_url: str
+) -> None:
+    event_id = await published_event(db, client)
+    tickets = await sell(client, event_id, 200)
+    stream = EventKeys(event_id).outbox
+    copies = await redis.xrange(stream, count=10)  # to redeliver after they were written
+    writer = OutboxWriter(redis, db, batch_size=64)
+    await writer.drain()
+    assert await counts(database_url, event_id) == (200, 200, tickets)
+    assert (await writer.lag()).pending == 0
+    for _, fields in copies:  # the same confirmations arrive again
+        await redis.xadd(stream, fields)
+    await writer.drain()
+    assert await counts(database_url, event_id) == (200, 200, tickets)
+
+
+def _writer_process(redis_url: str, database_url: str) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "ONSALE_REDIS_URL": redis_url,
+        "ONSALE_DATABASE_URL": database_url,
+        "ONSALE_WRITER_BATCH_SIZE": "100",
+        "ONSALE_WRITER_RECLAIM_IDLE_MS": "500",
+    }
+    return subprocess.Popen(
+        [str(Path(sys.executable).with_name("onsale")), "writer"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def test_writer_killed_mid_stream_loses_and_doubles_nothing(
+    db: AsyncEngine, client: EngineClient, redis_url: str, database_url: str
+) -> None:
+    event_id = await published_event(db, client)
+    first = _writer_process(redis_url, database_url)
+    try:
+        selling = asyncio.ensure_future(sell(client, event_id, 5000))
+
+        async def some_written() -> bool:
+            return (await counts(database_url, event_id))[0] >= 500
+
+        await wait_for(some_written, 60, "the first writer to start writing")
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        tickets = await selling
+    finally:
+        if first.poll() is None:
+            first.kill()
+    written_before = (await counts(database_url, event_id))[0]
+    print(f"written when the writer was killed: {written_before}")
+    assert 500 <= written_before < 5000  # killed mid-stream: the rest waits in the outbox
+    second = _writer_process(redis_url, database_url)
+    try:
+
+        async def all_written() -> bool:
+            return (await counts(database_url, event_id))[0] == 5000
+
+        await wait_for(all_written, 90, "the second writer to catch up")
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=30) == 0
+    assert await counts(database_url, event_id) == (5000, 5000, tickets)
+
+
+async def test_sales_go_on_while_postgres_is_down_and_land_when_it_returns(
+    tmp_path: Path, client: EngineClient, redis: Redis
+) -> None:
+    postgres = EmbeddedPostgres(tmp_path / "pg", port=free_port())
+    url = postgres.start()
+    migrate.upgrade(url)
+    db = create_engine(url)
+    stop = asyncio.Event()
+    writer = OutboxWriter(redis, db, batch_size=200, max_backoff_s=0.5)
+    try:
+        event_id = await published_event(db, client)
+        running = asyncio.ensure_future(writer.run(stop))
+        postgres.stop()
+        tickets = await sell(client, event_id, 2000)  # raises if any hold/confirm failed
+        assert (await writer.lag()).pending > 0  # buffered in the stream meanwhile
+        postgres.start()
+        url_again = postgres.url
+
+        async def caught_up() -> bool:
+            return (await counts(url_again, event_id))[0] == 2000
+
+        await wait_for(caught_up, 90, "the writer to catch up after Postgres returned")
+        assert await counts(url_again, event_id) == (2000, 2000, tickets)
+        assert (await writer.lag()).pending == 0
+        stop.set()
+        await running
+    finally:
+        stop.set()
+        await db.dispose()
+        postgres.stop()
