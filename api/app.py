@@ -13,6 +13,7 @@ from api.settings import Settings, get_settings
 from engine import runtime
 from engine.client import EngineClient
 from persistence.db import create_engine
+from persistence.rebuild import PostgresRestore
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_batch_ops=settings.batch_max_ops,
             call_timeout_s=settings.engine_timeout_s,
             sweep_interval_s=settings.sweep_interval_s,
+            restore=PostgresRestore(settings.database_url or ""),
         )
         app.state.db = create_engine(settings.database_url or "")
         gc.collect()

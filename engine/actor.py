@@ -14,6 +14,7 @@ import gc
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import cast
 
 import ray
@@ -22,11 +23,14 @@ from redis.asyncio import Redis
 
 from engine.model import Section
 from engine.runtime import NAMESPACE
-from engine.scripts import InventoryScripts
+from engine.scripts import EventKeys, InventoryScripts
 
 log = logging.getLogger(__name__)
 
 SWEEP_CALLS_PER_TICK = 8  # bounds how long a burst of expiries delays buyers
+
+
+Restore = Callable[[InventoryScripts, str], Awaitable[bool]]
 
 
 class EventActor:
@@ -44,15 +48,18 @@ class EventActor:
         *,
         sweep_interval_s: float = 0.5,
         max_batch_ops: int = 1024,
+        restore: Restore | None = None,
     ) -> None:
         self.event_id = event_id
+        # Rebuilds the inventory when Redis has lost it (persistence.rebuild).
+        self._restore = restore
         self._redis = Redis.from_url(redis_url)
         self._scripts = InventoryScripts(self._redis)
         self._sweep_interval_s = sweep_interval_s
         self._max_batch_ops = max_batch_ops
         self._pending: deque[tuple[str, int, asyncio.Future[tuple[bytes, int]]]] = deque()
         self._wake = asyncio.Event()
-        self._stats = {"batches": 0, "ops": 0, "sweeps": 0, "swept_holds": 0}
+        self._stats = {"batches": 0, "ops": 0, "sweeps": 0, "swept_holds": 0, "restores": 0}
         self._writer = asyncio.get_running_loop().create_task(self._write_loop())
         # Everything alive now lives as long as the actor: keep it out of the
         # collector's full passes, which otherwise stall a batch by tens of ms.
@@ -87,7 +94,21 @@ class EventActor:
     async def ping(self) -> str:
         return self.event_id
 
+    async def _restore_if_missing(self) -> bool:
+        if self._restore is None or await self._redis.exists(EventKeys(self.event_id).meta):
+            return False
+        restored = await self._restore(self._scripts, self.event_id)
+        self._stats["restores"] += 1
+        log.warning(
+            "event %s: inventory was missing from Redis; rebuilt=%s", self.event_id, restored
+        )
+        return restored
+
     async def _write_loop(self) -> None:
+        try:
+            await self._restore_if_missing()
+        except Exception:  # retried when a command finds the inventory missing
+            log.exception("event %s: rebuild at start failed", self.event_id)
         next_sweep = time.monotonic() + self._sweep_interval_s
         while True:
             if not self._pending:
@@ -117,6 +138,10 @@ class EventActor:
         ops_json = "[" + ",".join(group[1:-1] for group, _, _ in taken) + "]"
         try:
             reply = await self._scripts.apply_encoded(self.event_id, ops_json)
+            if b'"event_not_found"' in reply and await self._restore_if_missing():
+                # Nothing of the event existed, so nothing in the batch took
+                # effect: apply it again on the rebuilt inventory.
+                reply = await self._scripts.apply_encoded(self.event_id, ops_json)
         except Exception as exc:
             for _, _, future in taken:
                 if not future.done():
@@ -147,7 +172,12 @@ def actor_name(event_id: str) -> str:
 
 
 def event_actor(
-    event_id: str, redis_url: str, *, sweep_interval_s: float = 0.5, max_batch_ops: int = 1024
+    event_id: str,
+    redis_url: str,
+    *,
+    sweep_interval_s: float = 0.5,
+    max_batch_ops: int = 1024,
+    restore: Restore | None = None,
 ) -> ActorHandle:
     """The actor of ``event_id``, created if it does not exist yet.
 
@@ -167,6 +197,10 @@ def event_actor(
         num_cpus=0,
     )
     handle = options.remote(
-        event_id, redis_url, sweep_interval_s=sweep_interval_s, max_batch_ops=max_batch_ops
+        event_id,
+        redis_url,
+        sweep_interval_s=sweep_interval_s,
+        max_batch_ops=max_batch_ops,
+        restore=restore,
     )
     return cast(ActorHandle, handle)

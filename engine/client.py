@@ -19,7 +19,7 @@ import ray
 from ray.actor import ActorHandle
 from redis.asyncio import Redis
 
-from engine.actor import event_actor
+from engine.actor import Restore, event_actor
 from engine.errors import EngineError, EngineTimeout, EngineUnavailable
 from engine.model import (
     Command,
@@ -114,6 +114,7 @@ class EngineClient:
         call_timeout_s: float = 5.0,
         sweep_interval_s: float = 0.5,
         actor_max_batch_ops: int = 1024,
+        restore: Restore | None = None,
     ) -> None:
         self.redis_url = redis_url
         self._redis = Redis.from_url(redis_url)
@@ -123,6 +124,7 @@ class EngineClient:
         self._call_timeout_s = call_timeout_s
         self._sweep_interval_s = sweep_interval_s
         self._actor_max_batch_ops = actor_max_batch_ops
+        self._restore = restore
         self._coalescers: dict[str, _Coalescer] = {}
         self._actors: dict[str, ActorHandle] = {}
 
@@ -207,6 +209,7 @@ class EngineClient:
                 self.redis_url,
                 sweep_interval_s=self._sweep_interval_s,
                 max_batch_ops=self._actor_max_batch_ops,
+                restore=self._restore,
             )
             self._actors[event_id] = handle
         return handle

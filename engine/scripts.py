@@ -121,13 +121,19 @@ class InventoryScripts:
         *,
         status: str = "on_sale",
         max_per_customer: int = 0,
+        sold: dict[str, Any] | None = None,
     ) -> bool:
-        """Loads the seat map once; returns False if it was already loaded."""
+        """Loads the seat map once; returns False if it was already loaded.
+
+        ``sold`` marks what Postgres already recorded, when rebuilding (see
+        lua/load_inventory.lua for its shape).
+        """
         keys = EventKeys(event_id)
         wire = json.dumps([s.to_wire() for s in sections])
         raw = json.loads(
             await self._load(
-                keys=keys.inventory_keys(), args=[event_id, status, max_per_customer, wire]
+                keys=[*keys.inventory_keys(), keys.customers],
+                args=[event_id, status, max_per_customer, wire, json.dumps(sold or {})],
             )
         )
         if not raw["ok"]:

@@ -3,12 +3,18 @@
 -- KEYS[1] {ev:<id>}:meta      hash  version, status, max_per_customer, event_id
 -- KEYS[2] {ev:<id>}:seats     hash  seat id -> "a" (available)
 -- KEYS[3] {ev:<id>}:sections  hash  "codes", "<code>:kind|cap|held|sold|rows|seats_per_row"
+-- KEYS[4] {ev:<id>}:customers hash  "<customer>:sold" (tickets bought, for the limit)
 -- ARGV[1] event id
 -- ARGV[2] status (on_sale, draft, closed, cancelled)
 -- ARGV[3] max tickets per customer (0: no limit)
 -- ARGV[4] JSON array of sections, in display order:
 --         {"code": "A", "kind": "seated", "rows": R, "seats_per_row": S}
 --         {"code": "FLOOR", "kind": "general", "capacity": N}
+-- ARGV[5] optional JSON of what is already sold, when rebuilding from Postgres:
+--         {"seats": {"A-1-1": "<order id>", ...}, "general": {"FLOOR": n, ...},
+--          "customers": {"<customer>": n, ...}, "version": v}
+--         Sold seats and counts are marked in the same script, so the
+--         inventory never shows a sold seat as free; the version starts at v.
 --
 -- Seat ids are "<code>-<row>-<seat>", rows and seats counted from 1.
 -- Idempotent: if the event is already loaded nothing changes.
@@ -75,6 +81,27 @@ for _, s in ipairs(sections) do
              s.code .. ':held', 0, s.code .. ':sold', 0)
 end
 redis.call('HSET', KEYS[3], 'codes', table.concat(codes, ','))
+
+local version = 1
+if ARGV[5] and ARGV[5] ~= '' then
+  local sold = cjson.decode(ARGV[5])
+  local seated_sold = {}
+  for seat, order_id in pairs(sold.seats or {}) do
+    local code = string.match(seat, '^(.+)%-%d+%-%d+$')
+    if redis.call('HEXISTS', KEYS[2], seat) == 1 then
+      redis.call('HSET', KEYS[2], seat, 's:' .. order_id)
+      seated_sold[code] = (seated_sold[code] or 0) + 1
+    end
+  end
+  for code, n in pairs(seated_sold) do redis.call('HSET', KEYS[3], code .. ':sold', n) end
+  for code, n in pairs(sold.general or {}) do
+    if seen[code] then redis.call('HSET', KEYS[3], code .. ':sold', n) end
+  end
+  for customer, n in pairs(sold.customers or {}) do
+    redis.call('HSET', KEYS[4], customer .. ':sold', n)
+  end
+  version = tonumber(sold.version) or 1
+end
 redis.call('HSET', KEYS[1], 'event_id', ARGV[1], 'status', ARGV[2],
-           'max_per_customer', tonumber(ARGV[3]) or 0, 'version', 1)
-return cjson.encode({ok = true, loaded = true, version = 1, seats = total_seats})
+           'max_per_customer', tonumber(ARGV[3]) or 0, 'version', version)
+return cjson.encode({ok = true, loaded = true, version = version, seats = total_seats})

@@ -9,12 +9,14 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-import engine  # noqa: F401  (Ray's loopback default, before ray is imported)
 from engine import runtime
 from engine.client import EngineClient
 from engine.model import GeneralSection, SeatedSection
 from engine.scripts import InventoryScripts
+from persistence import migrate
+from persistence.db import create_engine
 from persistence.embedded import EmbeddedPostgres, EmbeddedValkey
 
 
@@ -76,3 +78,11 @@ def event_id() -> str:
 
 
 SMALL_MAP = [SeatedSection("A", rows=3, seats_per_row=4), GeneralSection("FLOOR", capacity=20)]
+
+
+@pytest.fixture(scope="session")
+async def db(database_url: str) -> AsyncIterator[AsyncEngine]:
+    migrate.upgrade(database_url)
+    sql = create_engine(database_url)
+    yield sql
+    await sql.dispose()

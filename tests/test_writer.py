@@ -7,93 +7,18 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncpg
-import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from engine.client import EngineClient
-from engine.model import HoldPlaced
 from engine.scripts import EventKeys
 from persistence import migrate
-from persistence.catalog import SectionSpec, add_event, publish_event
 from persistence.db import create_engine
 from persistence.embedded import EmbeddedPostgres, free_port
 from persistence.writer import OutboxWriter
-
-SECTIONS = [
-    SectionSpec("A", "Stalls", 5000, "seated", rows=30, seats_per_row=50),
-    SectionSpec("GA", "Floor", 3000, "general", capacity=20_000),
-]
-
-
-@pytest.fixture(scope="session")
-async def db(database_url: str) -> AsyncIterator[AsyncEngine]:
-    migrate.upgrade(database_url)
-    engine = create_engine(database_url)
-    yield engine
-    await engine.dispose()
-
-
-async def published_event(db: AsyncEngine, client: EngineClient) -> str:
-    event_id = uuid.uuid4().hex[:16]
-    await add_event(
-        db,
-        event_id,
-        name="Gig",
-        venue="Hall",
-        starts_at=datetime.now(UTC),
-        currency="EUR",
-        sections=SECTIONS,
-    )
-    await publish_event(db, client, event_id)
-    return event_id
-
-
-async def sell(client: EngineClient, event_id: str, n: int, seats_from: int = 0) -> int:
-    """n confirmed orders (every 4th one seated); returns the tickets sold."""
-
-    async def one(i: int) -> int:
-        if i % 4 == 0:
-            seat = seats_from + i // 4
-            hold: HoldPlaced = await client.hold_seats(
-                event_id, f"c{i}", [f"A-{seat // 50 + 1}-{seat % 50 + 1}"], ttl_s=600
-            )
-        else:
-            hold = await client.hold_quantity(event_id, f"c{i}", "GA", 1 + i % 3, ttl_s=600)
-        await client.confirm(
-            event_id, hold.hold_id, f"{event_id}-o{i}", {"amount_cents": 1000, "currency": "EUR"}
-        )
-        return hold.quantity
-
-    return sum(await asyncio.gather(*[one(i) for i in range(n)]))
-
-
-async def counts(url: str, event_id: str) -> tuple[int, int, int]:
-    conn = await asyncpg.connect(url)
-    try:
-        row = await conn.fetchrow(
-            """SELECT (SELECT count(*) FROM orders WHERE event_id = $1 AND status = 'paid'),
-                      (SELECT count(DISTINCT id) FROM orders WHERE event_id = $1),
-                      (SELECT count(*) FROM tickets WHERE event_id = $1)""",
-            event_id,
-        )
-        return row[0], row[1], row[2]
-    finally:
-        await conn.close()
-
-
-async def wait_for(predicate, deadline_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline_s
-    while not await predicate():
-        assert loop.time() < end, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
+from tests.sales import counts, published_event, sell, wait_for
 
 
 async def test_writer_records_each_sale_once_even_when_redelivered(
