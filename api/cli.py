@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("migrate", help="bring the database schema up to date")
     commands.add_parser("writer", help="write confirmed sales from the outbox to Postgres")
     bench = commands.add_parser("bench", help="benchmarks")
-    bench.add_argument("name", choices=["engine"])
+    bench.add_argument("name", choices=["engine", "writer"])
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
 
     args = parser.parse_args(argv)
@@ -41,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         run_writer(Settings())
         return 0
     if args.command == "bench":
+        if args.name == "writer":
+            from bench import writer as writer_bench
+
+            return writer_bench.main(args.args)
         from bench import engine as engine_bench
 
         return engine_bench.main(args.args)

@@ -10,15 +10,28 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from engine.client import EngineClient
 from engine.model import GeneralSection, SeatedSection
 from engine.model import Section as InventorySection
 from persistence.models import Event, Seat, Section
+
+
+class InventoryLoader(Protocol):
+    """The engine client, or its scripts directly (tools and benchmarks)."""
+
+    async def load_inventory(
+        self,
+        event_id: str,
+        sections: Sequence[InventorySection],
+        *,
+        status: str = ...,
+        max_per_customer: int = ...,
+    ) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -104,7 +117,7 @@ async def inventory_of(conn: AsyncConnection, event_id: str) -> list[InventorySe
     ]
 
 
-async def publish_event(db: AsyncEngine, engine: EngineClient, event_id: str) -> None:
+async def publish_event(db: AsyncEngine, engine: InventoryLoader, event_id: str) -> None:
     """Puts a draft (or already published) event on sale: Postgres, then Redis."""
     async with db.begin() as conn:
         event = (
@@ -155,6 +168,4 @@ async def _write_seats(conn: AsyncConnection, event_id: str) -> None:
             for number in range(1, section.seats_per_row + 1)
         ]
         for start in range(0, len(values), 5000):
-            await conn.execute(
-                insert(Seat).values(values[start : start + 5000]).on_conflict_do_nothing()
-            )
+            await conn.execute(insert(Seat).on_conflict_do_nothing(), values[start : start + 5000])

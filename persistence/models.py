@@ -117,6 +117,8 @@ class Section(Base):
             name="shape_matches_kind",
         ),
         CheckConstraint("price_cents >= 0", name="price_not_negative"),
+        # GA sold counts can never exceed capacity, whatever writes them.
+        CheckConstraint("sold >= 0 AND sold <= capacity", name="sold_within_capacity"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=uuid.uuid4)
@@ -128,6 +130,8 @@ class Section(Base):
     rows: Mapped[int | None] = mapped_column(Integer)
     seats_per_row: Mapped[int | None] = mapped_column(Integer)
     capacity: Mapped[int] = mapped_column(Integer)
+    # Valid tickets sold, kept by the writer in the transaction that adds them.
+    sold: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Seat(Base):

@@ -17,6 +17,7 @@ import os
 import socket
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,7 +25,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
-from sqlalchemy import func, select
+from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -93,7 +94,7 @@ async def write_entries(conn: AsyncConnection, entries: Sequence[Entry]) -> int:
                 "outbox_id": e.id,
             }
         )
-    upsert = insert(Order).values(rows)
+    upsert = insert(Order)  # executemany: compiled once, sent in batches by insertmanyvalues
     stmt = upsert.on_conflict_do_update(
         index_elements=[Order.id],
         set_={
@@ -103,24 +104,25 @@ async def write_entries(conn: AsyncConnection, entries: Sequence[Entry]) -> int:
         },
         where=Order.status == "pending_payment",
     ).returning(Order.id)
-    recorded = set((await conn.execute(stmt)).scalars())
+    recorded = set((await conn.execute(stmt, rows)).scalars())
     tickets: list[dict[str, Any]] = []
-    general: set[tuple[str, str]] = set()
+    per_section: Counter[tuple[str, str]] = Counter()
     for order_id in recorded:
         f = by_order[order_id].fields
-        if f["seats"]:
-            for seat in f["seats"].split(","):
-                tickets.append(
-                    {
-                        "id": uuid.uuid4(),
-                        "order_id": order_id,
-                        "event_id": f["event_id"],
-                        "section_code": seat.rsplit("-", 2)[0],
-                        "seat_id": seat,
-                    }
-                )
-        else:
-            general.add((f["event_id"], f["section"]))
+        seats = f["seats"].split(",") if f["seats"] else []
+        for seat in seats:
+            tickets.append(
+                {
+                    "id": uuid.uuid4(),
+                    "order_id": order_id,
+                    "event_id": f["event_id"],
+                    "section_code": seat.rsplit("-", 2)[0],
+                    "seat_id": seat,
+                }
+            )
+            per_section[(f["event_id"], seat.rsplit("-", 2)[0])] += 1
+        if not seats:
+            per_section[(f["event_id"], f["section"])] += int(f["quantity"])
             tickets.extend(
                 {
                     "id": uuid.uuid4(),
@@ -133,32 +135,23 @@ async def write_entries(conn: AsyncConnection, entries: Sequence[Entry]) -> int:
             )
     if tickets:
         await conn.execute(insert(Ticket), tickets)
-    for event_id, code in sorted(general):
-        await _check_capacity(conn, event_id, code)
+    # Sorted, so concurrent writers lock section rows in one order (no deadlock).
+    for (event_id, code), n in sorted(per_section.items()):
+        await _count_sold(conn, event_id, code, n)
     return len(recorded)
 
 
-async def _check_capacity(conn: AsyncConnection, event_id: str, code: str) -> None:
-    # Locking the section row serialises writers of the same section, so two
-    # concurrent transactions cannot each see room for the last tickets.
-    capacity = (
+async def _count_sold(conn: AsyncConnection, event_id: str, code: str, n: int) -> None:
+    row = (
         await conn.execute(
-            select(Section.capacity)
+            update(Section)
             .where(Section.event_id == event_id, Section.code == code)
-            .with_for_update()
+            .values(sold=Section.sold + n)
+            .returning(Section.sold, Section.capacity)
         )
-    ).scalar_one()
-    sold = (
-        await conn.execute(
-            select(func.count())
-            .select_from(Ticket)
-            .where(
-                Ticket.event_id == event_id, Ticket.section_code == code, Ticket.status == "valid"
-            )
-        )
-    ).scalar_one()
-    if sold > capacity:
-        raise CapacityExceeded(f"{event_id}/{code}: {sold} tickets for {capacity} places")
+    ).one()
+    if row.sold > row.capacity:  # the CHECK constraint would refuse it too
+        raise CapacityExceeded(f"{event_id}/{code}: {row.sold} tickets for {row.capacity}")
 
 
 class OutboxWriter:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import asyncpg
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -17,7 +18,7 @@ from engine.scripts import EventKeys
 from persistence import migrate
 from persistence.db import create_engine
 from persistence.embedded import EmbeddedPostgres, free_port
-from persistence.writer import OutboxWriter
+from persistence.writer import DEAD_LETTERS, OutboxWriter
 from tests.sales import counts, published_event, sell, wait_for
 
 
@@ -118,3 +119,38 @@ async def test_sales_go_on_while_postgres_is_down_and_land_when_it_returns(
         stop.set()
         await db.dispose()
         postgres.stop()
+
+
+async def test_sale_beyond_capacity_is_refused_and_does_not_block_the_others(
+    db: AsyncEngine, client: EngineClient, redis: Redis, database_url: str
+) -> None:
+    event_id = await published_event(db, client)
+    stream = EventKeys(event_id).outbox
+    await redis.xadd(
+        stream,
+        {  # what an oversold Redis would hand the writer
+            "type": "order_confirmed",
+            "event_id": event_id,
+            "order_id": f"{event_id}-bad",
+            "hold_id": "h-bad",
+            "customer_id": "c",
+            "seats": "",
+            "section": "GA",
+            "quantity": "20001",
+            "confirmed_at_ms": "1790000000000",
+            "meta": "{}",
+        },
+    )
+    tickets = await sell(client, event_id, 12)
+    await OutboxWriter(redis, db).drain()
+    assert await counts(database_url, event_id) == (12, 12, tickets)
+    dead = await redis.xrange(DEAD_LETTERS)
+    assert any(fields[b"order_id"] == f"{event_id}-bad".encode() for _, fields in dead)
+    conn = await asyncpg.connect(database_url)
+    try:
+        sold = await conn.fetchval(
+            "SELECT sold FROM sections WHERE event_id = $1 AND code = 'GA'", event_id
+        )
+    finally:
+        await conn.close()
+    assert sold == tickets - 3  # 3 of the 12 orders are single seats in section A

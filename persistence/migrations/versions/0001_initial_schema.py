@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 09:03:30.386482
+Create Date: 2026-11-22 09:12:42.106286
 """
 
 from collections.abc import Sequence
@@ -161,12 +161,14 @@ def upgrade() -> None:
         sa.Column("rows", sa.Integer(), nullable=True),
         sa.Column("seats_per_row", sa.Integer(), nullable=True),
         sa.Column("capacity", sa.Integer(), nullable=False),
+        sa.Column("sold", sa.Integer(), server_default="0", nullable=False),
         sa.CheckConstraint(
             "(kind = 'seated' AND rows > 0 AND seats_per_row > 0 AND capacity = rows * seats_per_row) OR (kind = 'general' AND rows IS NULL AND seats_per_row IS NULL AND capacity > 0)",
             name="shape_matches_kind",
         ),
         sa.CheckConstraint("kind IN ('seated', 'general')", name="kind_known"),
         sa.CheckConstraint("price_cents >= 0", name="price_not_negative"),
+        sa.CheckConstraint("sold >= 0 AND sold <= capacity", name="sold_within_capacity"),
         sa.ForeignKeyConstraint(["event_id"], ["events.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("event_id", "code"),
