@@ -46,3 +46,34 @@ def test_bench_engine_runs_all_three_modes_without_oversell(
     for run in modes.values():
         assert run["oversell"] == 0 and run["failures"] == 0 and run["holds_per_s"] > 0
     assert "engine/baseline" in done.stdout
+
+
+def test_bench_writer_persists_every_order_and_prints_its_ratios(
+    tmp_path: Path, redis_url: str, database_url: str
+) -> None:
+    env = {**os.environ, "ONSALE_REDIS_URL": redis_url, "ONSALE_DATABASE_URL": database_url}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("onsale")),
+            "bench",
+            "writer",
+            "--repeat",
+            "1",
+            "--orders",
+            "300",
+            "--single-orders",
+            "50",
+            "--batch-sizes",
+            "100",
+            "--callers",
+            "20",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "writer batch 100 / single-row loop" in done.stdout
+    assert "writer batch 100 / engine sales" in done.stdout
