@@ -91,9 +91,6 @@ class EventActor:
     async def stats(self) -> dict[str, int]:
         return dict(self._stats)
 
-    async def ping(self) -> str:
-        return self.event_id
-
     async def _restore_if_missing(self) -> bool:
         if self._restore is None or await self._redis.exists(EventKeys(self.event_id).meta):
             return False

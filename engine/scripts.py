@@ -150,10 +150,8 @@ class InventoryScripts:
 
     async def apply(self, event_id: str, commands: Sequence[Command]) -> BatchResult:
         """Applies commands in order in one script call; one result each."""
-        return await self.apply_wire(event_id, [c.to_wire() for c in commands])
-
-    async def apply_wire(self, event_id: str, ops: Sequence[dict[str, Any]]) -> BatchResult:
-        raw = json.loads(await self.apply_encoded(event_id, json.dumps(ops)))
+        wire = json.dumps([c.to_wire() for c in commands])
+        raw = json.loads(await self.apply_encoded(event_id, wire))
         return BatchResult(version=int(raw["version"]), results=list(raw["results"]))
 
     async def apply_encoded(self, event_id: str, ops_json: str) -> bytes:

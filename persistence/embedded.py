@@ -87,10 +87,6 @@ class _Child:
         self.port = port or 0
         self.process: subprocess.Popen[bytes] | None = None
 
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
     def _terminate(self, sig: signal.Signals, timeout_s: float = 20) -> None:
         if self.process is None:
             return
