@@ -28,9 +28,11 @@ class Settings(BaseSettings):
     engine_timeout_s: float = 5.0
     sweep_interval_s: float = 0.5
 
-    # Outbox writer: entries per Postgres transaction; how long an entry may sit
-    # unacknowledged with another writer before this one takes it over.
+    # Outbox writer: entries per Postgres transaction; consumers per writer
+    # process (one writes while another waits on Postgres); how long an entry may
+    # sit unacknowledged with another consumer before this one takes it over.
     writer_batch_size: int = 500
+    writer_consumers: int = Field(default=2, ge=1)
     writer_reclaim_idle_ms: int = 10_000
 
 

@@ -87,6 +87,7 @@ def run_writer(settings: Settings) -> None:
                 ready.redis_url or "",
                 ready.database_url or "",
                 stop,
+                consumers=ready.writer_consumers,
                 batch_size=ready.writer_batch_size,
                 reclaim_idle_ms=ready.writer_reclaim_idle_ms,
             )

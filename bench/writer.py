@@ -5,8 +5,10 @@ admission of 1-4 tickets, 20 % 1-4 seats), then persists them twice, side by
 side on the same Postgres:
 
 writer
-    :class:`~persistence.writer.OutboxWriter` at each ``--batch-sizes`` value:
-    one transaction per batch, acknowledged after commit.
+    :class:`~persistence.writer.OutboxWriter` at each ``--batch-sizes`` value,
+    with each ``--consumers`` count (consumers in one process, as
+    ``onsale writer`` runs them): one transaction per batch, acknowledged
+    after commit.
 single-row loop
     The same entries, one transaction per order (its INSERT and its tickets'),
     the way a naive consumer would: the reference the writer is measured against.
@@ -105,13 +107,15 @@ async def run_writer(
     scripts: InventoryScripts,
     orders: int,
     batch_size: int,
+    consumers: int,
     seed: int,
 ) -> Figure:
     await fill_outbox(db, scripts, orders, seed)
-    writer = OutboxWriter(redis, db, batch_size=batch_size)
+    writers = [OutboxWriter(redis, db, batch_size=batch_size) for _ in range(consumers)]
     began = time.perf_counter()
-    written = await writer.drain()
-    figure = Figure(f"writer batch {batch_size}", written, time.perf_counter() - began)
+    written = sum(await asyncio.gather(*(w.drain() for w in writers)))
+    mode = f"writer batch {batch_size}" + (f" x{consumers} consumers" if consumers > 1 else "")
+    figure = Figure(mode, written, time.perf_counter() - began)
     assert written == orders, f"writer recorded {written} of {orders}"
     return figure
 
@@ -164,7 +168,10 @@ async def bench(cfg: argparse.Namespace, redis_url: str, database_url: str) -> l
     try:
         for run in range(cfg.repeat):
             for size in cfg.batch_sizes:
-                figures.append(await run_writer(db, redis, scripts, cfg.orders, size, run))
+                for consumers in cfg.consumers:
+                    figures.append(
+                        await run_writer(db, redis, scripts, cfg.orders, size, consumers, run)
+                    )
             figures.append(await run_single_rows(db, redis, scripts, cfg.single_orders, run))
             figures.append(await run_engine_sales(redis, redis_url, cfg.orders, cfg.callers))
     finally:
@@ -212,7 +219,10 @@ def main(argv: list[str] | None = None) -> int:
         default=2_000,
         help="orders for the single-row loop (it is slow)",
     )
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[100, 500, 2000])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[500, 2000])
+    parser.add_argument(
+        "--consumers", type=int, nargs="+", default=[1, 2], help="writers in one process"
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--callers", type=int, default=1000, help="engine sales: callers")
     cfg = parser.parse_args(argv)
