@@ -1,4 +1,4 @@
-"""The FastAPI application: REST for buyers, operations endpoints."""
+"""The FastAPI application: REST for buyers and organizers, operations endpoints."""
 
 from __future__ import annotations
 
@@ -7,13 +7,27 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from redis.asyncio import Redis
 
-from api.routers import health
+from api import errors
+from api.event_cache import EventCache
+from api.observability import RequestMiddleware, configure_logging, observe_batch
+from api.ratelimit import RateLimiter
+from api.routers import admin, auth, events, health, holds, orders
+from api.security import load_or_create_secret
 from api.settings import Settings, get_settings
 from engine import runtime
 from engine.client import EngineClient
 from persistence.db import create_engine
 from persistence.rebuild import PostgresRestore
+
+DESCRIPTION = """
+Ticket on-sale engine: holds that never oversell, a live seat map, write-behind
+to Postgres. Errors are `application/problem+json` with a stable `code`.
+
+Try it: `POST /auth/register`, then **Authorize** with the access token, pick an
+event from `GET /events`, `POST /events/{id}/holds`, then `POST /orders`.
+"""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -25,34 +39,48 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "ONSALE_REDIS_URL and ONSALE_DATABASE_URL must be set "
             "(use `onsale up` to start the embedded servers)"
         )
+    redis_url, database_url = settings.redis_url, settings.database_url
+    configure_logging(settings.log_level)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime.connect(
             settings.ray_address, object_store_bytes=settings.ray_object_store_mb * 1024 * 1024
         )
-        app.state.engine = EngineClient(
-            settings.redis_url or "",
+        state = app.state
+        state.settings = settings
+        state.jwt_secret = settings.jwt_secret or load_or_create_secret(settings.data_dir)
+        state.redis = Redis.from_url(redis_url)
+        state.db = create_engine(database_url)
+        state.engine = EngineClient(
+            redis_url,
             window_ms=settings.batch_window_ms,
             max_batch_ops=settings.batch_max_ops,
             call_timeout_s=settings.engine_timeout_s,
             sweep_interval_s=settings.sweep_interval_s,
-            restore=PostgresRestore(settings.database_url or ""),
+            restore=PostgresRestore(database_url),
+            observer=observe_batch,
         )
-        app.state.db = create_engine(settings.database_url or "")
+        state.limiter = RateLimiter.from_settings(settings.rate_limits, redis_url)
+        state.event_cache = EventCache(state.db)
         gc.collect()
         gc.freeze()  # start-up objects live for the process: spare the collector
         try:
             yield
         finally:
-            await app.state.engine.aclose()
-            await app.state.db.dispose()
+            await state.engine.aclose()
+            await state.redis.aclose()
+            await state.db.dispose()
 
     app = FastAPI(
         title="onsale",
         version="0.1.0",
         lifespan=lifespan,
         summary="Ticket on-sale engine: holds that never oversell.",
+        description=DESCRIPTION,
     )
-    app.include_router(health.router)
+    errors.install(app)
+    for module in (auth, admin, events, holds, orders, health):
+        app.include_router(module.router)
+    app.add_middleware(RequestMiddleware, max_body_bytes=settings.max_body_bytes)
     return app

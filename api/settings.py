@@ -35,6 +35,17 @@ class Settings(BaseSettings):
     writer_consumers: int = Field(default=2, ge=1)
     writer_reclaim_idle_ms: int = 10_000
 
+    # Auth: the HS256 key (None: generated into data_dir), token lifetimes.
+    jwt_secret: str | None = None
+    access_token_ttl_s: int = 15 * 60
+    refresh_token_ttl_s: int = 30 * 24 * 3600
+
+    # "login=5/minute,holds=20/minute,global=300/minute", or "off".
+    rate_limits: str = "login=5/minute,holds=20/minute,global=300/minute"
+    max_body_bytes: int = 64 * 1024
+    events_cache_s: int = 60
+    log_level: str = "INFO"
+
 
 @lru_cache
 def get_settings() -> Settings:

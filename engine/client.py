@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -28,6 +29,7 @@ from engine.model import (
     HoldQuantity,
     HoldReleased,
     HoldSeats,
+    HoldView,
     Outcome,
     ReleaseHold,
     SaleConfirmed,
@@ -115,7 +117,10 @@ class EngineClient:
         sweep_interval_s: float = 0.5,
         actor_max_batch_ops: int = 1024,
         restore: Restore | None = None,
+        observer: Callable[[int, float, bool], None] | None = None,
     ) -> None:
+        """``observer(commands, seconds, ok)`` is told of every actor call
+        (the API feeds its metrics with it)."""
         self.redis_url = redis_url
         self._redis = Redis.from_url(redis_url)
         self._scripts = InventoryScripts(self._redis)
@@ -125,6 +130,7 @@ class EngineClient:
         self._sweep_interval_s = sweep_interval_s
         self._actor_max_batch_ops = actor_max_batch_ops
         self._restore = restore
+        self._observer = observer
         self._coalescers: dict[str, _Coalescer] = {}
         self._actors: dict[str, ActorHandle] = {}
 
@@ -198,6 +204,9 @@ class EngineClient:
     async def snapshot(self, event_id: str) -> Snapshot:
         return await self._scripts.snapshot(event_id)
 
+    async def hold(self, event_id: str, hold_id: str) -> HoldView | None:
+        return await self._scripts.hold(event_id, hold_id)
+
     async def actor_stats(self, event_id: str) -> dict[str, int]:
         return dict(await self._await(event_id, self.actor(event_id).stats.remote()))
 
@@ -224,16 +233,22 @@ class EngineClient:
 
     async def _call_actor(self, event_id: str, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
         encoded = json.dumps(ops)
+        began, ok = time.perf_counter(), False
         try:
-            reply, offset = await self._await(
-                event_id, self.actor(event_id).apply.remote(encoded, len(ops))
-            )
-        except _ActorGone:
-            # Gone for good (not restarting): the retry makes a fresh actor,
-            # and the commands' ids make the second attempt safe.
-            reply, offset = await self._await(
-                event_id, self.actor(event_id).apply.remote(encoded, len(ops))
-            )
+            try:
+                reply, offset = await self._await(
+                    event_id, self.actor(event_id).apply.remote(encoded, len(ops))
+                )
+            except _ActorGone:
+                # Gone for good (not restarting): the retry makes a fresh actor,
+                # and the commands' ids make the second attempt safe.
+                reply, offset = await self._await(
+                    event_id, self.actor(event_id).apply.remote(encoded, len(ops))
+                )
+            ok = True
+        finally:
+            if self._observer is not None:
+                self._observer(len(ops), time.perf_counter() - began, ok)
         return list(json.loads(reply)["results"][offset : offset + len(ops)])
 
     async def _await(self, event_id: str, ref: Any) -> Any:

@@ -192,6 +192,38 @@ def outcome_from_wire(command: Command, raw: dict[str, Any]) -> Outcome | Engine
 
 
 @dataclass(frozen=True)
+class HoldView:
+    """A hold as Redis has it now; ``status`` is ``expired`` once its time is
+    up, whether or not a sweep has made that visible yet."""
+
+    hold_id: str
+    customer_id: str
+    quantity: int
+    expires_at_ms: int
+    seats: tuple[str, ...] | None
+    section: str | None
+    status: str  # held | released | expired | confirmed
+    order_id: str | None
+
+    @classmethod
+    def from_record(cls, hold_id: str, rec: dict[str, Any], now_ms: int) -> HoldView:
+        status = rec["st"]
+        if status == "held" and int(rec["e"]) <= now_ms:
+            status = "expired"
+        seats = rec.get("seats")
+        return cls(
+            hold_id=hold_id,
+            customer_id=rec["c"],
+            quantity=int(rec["q"]),
+            expires_at_ms=int(rec["e"]),
+            seats=tuple(seats) if isinstance(seats, list) and seats else None,
+            section=rec.get("sec"),
+            status=status,
+            order_id=rec.get("o"),
+        )
+
+
+@dataclass(frozen=True)
 class SectionAvailability:
     code: str
     kind: str

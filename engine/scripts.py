@@ -16,7 +16,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from engine.errors import InvalidInventory, error_from_code
-from engine.model import Command, Section, SectionAvailability, Snapshot
+from engine.model import Command, HoldView, Section, SectionAvailability, Snapshot
 
 # Every event's outbox stream, for the Postgres writer to find. Not an event
 # key: only Python touches it, never a script, so it may live in any slot.
@@ -198,6 +198,18 @@ class InventoryScripts:
         return SweepResult(
             version=int(raw["version"]), handled=int(raw["handled"]), more=bool(raw["more"])
         )
+
+    async def hold(self, event_id: str, hold_id: str) -> HoldView | None:
+        """One hold, read without a script (a read changes nothing); None if
+        Redis has no record of it (never placed, or long forgotten)."""
+        keys = EventKeys(event_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(keys.holds, hold_id)
+            pipe.time()
+            raw, (seconds, micros) = await pipe.execute()
+        if raw is None:
+            return None
+        return HoldView.from_record(hold_id, json.loads(raw), seconds * 1000 + micros // 1000)
 
     async def snapshot(self, event_id: str) -> Snapshot:
         raw = json.loads(await self._snapshot(keys=EventKeys(event_id).inventory_keys()))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     CheckConstraint,
@@ -24,7 +25,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -158,6 +159,7 @@ class Order(Base):
             name="status_known",
         ),
         Index("orders_customer_created", "customer_id", "created_at"),
+        UniqueConstraint("hold_id", name="orders_one_per_hold"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -171,6 +173,9 @@ class Order(Base):
     confirmed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     refunded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     outbox_id: Mapped[str | None] = mapped_column(String(64))
+    # [{"seat": "A-1-1" | "section": "FLOOR", "quantity": n, "price_cents": p}]
+    items: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Ticket(Base):

@@ -174,6 +174,28 @@ async def write_entries(
 TICKET_COLUMNS = ("order_id", "event_id", "section_code", "seat_id")
 
 
+async def outbox_lag(redis: Redis) -> Lag:
+    """What every writer together has yet to write (for metrics and tests):
+    acknowledged entries are deleted, so whatever a stream holds is pending."""
+    members: Any = await redis.smembers(OUTBOX_REGISTRY)
+    async with redis.pipeline(transaction=False) as pipe:
+        for stream in members:
+            pipe.xlen(stream)
+            pipe.xrange(stream, count=1)
+        replies: list[Any] = await pipe.execute()
+    pending, oldest_ms = 0, None
+    for length, first in zip(replies[::2], replies[1::2], strict=True):
+        pending += length
+        if first:
+            entry_id = first[0][0]
+            entry_ms = int(
+                (entry_id.decode() if isinstance(entry_id, bytes) else entry_id).split("-")[0]
+            )
+            oldest_ms = entry_ms if oldest_ms is None else min(oldest_ms, entry_ms)
+    age = 0.0 if oldest_ms is None else max(0.0, time.time() - oldest_ms / 1000)
+    return Lag(pending=pending, oldest_age_s=age)
+
+
 class OutboxWriter:
     """One consumer of the ``writers`` group; run several for more throughput."""
 
@@ -244,17 +266,8 @@ class OutboxWriter:
                     break
 
     async def lag(self) -> Lag:
-        pending, oldest_ms = 0, None
-        for stream in self._streams or await self._refresh_streams():
-            first: Any = await self.redis.xrange(
-                stream, count=1
-            )  # acknowledged entries are deleted
-            pending += await self.redis.xlen(stream)
-            if first:
-                entry_ms = int(first[0][0].split(b"-")[0])
-                oldest_ms = entry_ms if oldest_ms is None else min(oldest_ms, entry_ms)
-        age = 0.0 if oldest_ms is None else max(0.0, time.time() - oldest_ms / 1000)
-        return Lag(pending=pending, oldest_age_s=age)
+        await self._refresh_streams()
+        return await outbox_lag(self.redis)
 
     async def _refresh_streams(self) -> list[str]:
         members: Any = await self.redis.smembers(OUTBOX_REGISTRY)

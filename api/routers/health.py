@@ -6,11 +6,13 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
+from api.observability import metrics_text
 from api.problems import problem
 from engine import runtime
 from persistence.db import ping as ping_db
+from persistence.writer import outbox_lag
 
 router = APIRouter(tags=["operations"])
 
@@ -51,3 +53,16 @@ async def readyz(request: Request) -> Any:
         checks=checks,
         retry_after_s=5,
     )
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Prometheus text format: request latency, holds by result, engine batch
+    sizes and actor calls, and the outbox writer's lag."""
+    try:
+        lag = await asyncio.wait_for(outbox_lag(request.app.state.redis), CHECK_TIMEOUT_S)
+        writer_lag: tuple[int, float] | None = (lag.pending, lag.oldest_age_s)
+    except Exception:  # Redis away: still serve this worker's own figures
+        writer_lag = None
+    body, content_type = metrics_text(writer_lag)
+    return Response(body, media_type=content_type)

@@ -1,0 +1,144 @@
+"""Every error the API sends, in one table, and the handlers that send them.
+
+Clients key on ``code``; titles are for people. Engine errors are mapped here
+and nowhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.problems import problem
+from engine.errors import EngineError
+
+# code -> (HTTP status, title)
+PROBLEMS: dict[str, tuple[int, str]] = {
+    # request shape
+    "validation_error": (422, "The request is not valid"),
+    "body_too_large": (413, "The request body is too large"),
+    "invalid_json": (400, "The request body is not valid JSON"),
+    "idempotency_key_reused": (422, "This Idempotency-Key was used for a different request"),
+    "idempotency_in_progress": (409, "A request with this Idempotency-Key is in progress"),
+    # auth
+    "invalid_token": (401, "The token is missing, malformed, expired or revoked"),
+    "invalid_credentials": (401, "Email or password is wrong"),
+    "refresh_token_reused": (401, "This refresh token was already used; the session is revoked"),
+    "forbidden": (403, "You may not do this"),
+    "email_taken": (409, "An account with this email exists"),
+    "rate_limited": (429, "Too many requests"),
+    # resources
+    "not_found": (404, "No such resource"),
+    "method_not_allowed": (405, "Method not allowed"),
+    "application_exists": (409, "You already have a pending application"),
+    "application_decided": (409, "This application was already decided"),
+    "not_a_customer": (409, "Only customers apply to become organizers"),
+    # events
+    "event_not_draft": (409, "Only a draft event can be changed this way"),
+    "event_ended": (409, "The event is closed or cancelled"),
+    "section_exists": (409, "The event already has a section with this code"),
+    "event_too_large": (422, "The event would have too many seats"),
+    "no_sections": (409, "An event needs a section before it goes on sale"),
+    "invalid_state": (409, "The event cannot move to that state"),
+    # holds and orders
+    "hold_not_active": (409, "The hold is no longer active"),
+    "order_exists": (409, "An order for this hold exists"),
+    # engine (mirrors engine.errors)
+    "event_not_found": (404, "The event has no inventory on sale"),
+    "event_not_on_sale": (409, "The event is not on sale"),
+    "seats_unavailable": (409, "Some of the seats are held or sold"),
+    "sold_out": (409, "Not enough tickets left in this section"),
+    "customer_limit": (403, "This would exceed the tickets allowed per customer"),
+    "hold_expired": (410, "The hold has expired or was released"),
+    "hold_not_found": (404, "No such hold"),
+    "hold_id_conflict": (409, "This hold id belongs to someone else"),
+    "already_confirmed": (409, "The hold was already confirmed"),
+    "invalid_request": (422, "The request is not valid"),
+    "unknown_seat": (422, "No such seat in this event"),
+    "duplicate_seat": (422, "A seat is listed twice"),
+    "unknown_section": (422, "No such section in this event"),
+    "wrong_section_kind": (422, "Seated sections are held by seat, general ones by quantity"),
+    "invalid_quantity": (422, "The quantity must be positive"),
+    "engine_timeout": (503, "The on-sale engine is busy; try again"),
+    "engine_unavailable": (503, "The on-sale engine is unavailable; try again"),
+    "internal_error": (500, "Something went wrong on our side"),
+}
+
+RETRY_AFTER_S = {"engine_timeout": 1, "engine_unavailable": 2, "idempotency_in_progress": 1}
+
+
+class ApiError(Exception):
+    """Raise anywhere in a request: becomes a problem+json response."""
+
+    def __init__(
+        self,
+        code: str,
+        detail: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        self.status, self.title = PROBLEMS[code]
+        super().__init__(detail or self.title)
+        self.code = code
+        self.detail = detail
+        self.headers = dict(headers or {})
+        self.extra = extra
+        if code in RETRY_AFTER_S and "Retry-After" not in self.headers:
+            self.headers["Retry-After"] = str(RETRY_AFTER_S[code])
+            self.extra.setdefault("retry_after_s", RETRY_AFTER_S[code])
+
+    def response(self) -> JSONResponse:
+        return problem(
+            self.status, self.code, self.title, self.detail, headers=self.headers, **self.extra
+        )
+
+
+def from_engine(exc: EngineError) -> ApiError:
+    extra = {k: v for k, v in exc.context.items() if k in ("unavailable", "section", "limit")}
+    if exc.code == "sold_out" and "available" in exc.context:
+        extra["available"] = exc.context["available"]
+    code = exc.code if exc.code in PROBLEMS else "internal_error"
+    detail = exc.detail if exc.detail != exc.title else None
+    return ApiError(code, detail, **extra)
+
+
+_HTTP_CODES = {401: "invalid_token", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(EngineError)
+    async def engine_error(_: Request, exc: EngineError) -> JSONResponse:
+        return from_engine(exc).response()
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {
+                "field": ".".join(str(p) for p in err.get("loc", ()) if p != "body"),
+                "message": err.get("msg", ""),
+                "type": err.get("type", ""),
+            }
+            for err in exc.errors()
+        ]
+        if any(e["type"] == "json_invalid" for e in errors):
+            return ApiError("invalid_json", errors=errors).response()
+        return ApiError("validation_error", errors=errors).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "internal_error")
+        headers = dict(exc.headers or {})
+        return ApiError(code, str(exc.detail), headers=headers).response()
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return ApiError("internal_error").response()

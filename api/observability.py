@@ -1,0 +1,195 @@
+"""Request ids, JSON logs, the body-size limit and Prometheus metrics.
+
+One pure ASGI middleware does the per-request work (no BaseHTTPMiddleware:
+it would cost the hot path a task per request).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import sys
+import time
+import uuid
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as prometheus_multiprocess
+from pythonjsonlogger.json import JsonFormatter
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import ApiError
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+access_log = logging.getLogger("onsale.access")
+
+REQUEST_SECONDS = Histogram(
+    "onsale_http_request_duration_seconds",
+    "HTTP request latency",
+    ["method", "route", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+HOLDS = Counter("onsale_holds_total", "Hold requests by result", ["result"])
+BATCH_OPS = Histogram(
+    "onsale_engine_batch_ops",
+    "Commands per actor call (coalesced in this worker)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+ACTOR_CALLS = Counter("onsale_actor_calls_total", "Actor calls by outcome", ["outcome"])
+ACTOR_SECONDS = Histogram(
+    "onsale_actor_call_seconds",
+    "Actor call latency (one batch)",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
+
+
+def observe_batch(ops: int, seconds: float, ok: bool) -> None:
+    """The engine client's hook: one call per actor batch."""
+    BATCH_OPS.observe(ops)
+    ACTOR_SECONDS.observe(seconds)
+    ACTOR_CALLS.labels("ok" if ok else "error").inc()
+
+
+def metrics_text(writer_lag: tuple[int, float] | None) -> tuple[bytes, str]:
+    """Every worker's metrics (multiprocess mode when PROMETHEUS_MULTIPROC_DIR
+    is set, as ``onsale serve --workers N`` does), plus the writer's lag."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        prometheus_multiprocess.MultiProcessCollector(registry)
+        body = generate_latest(registry)
+    else:
+        from prometheus_client import REGISTRY
+
+        body = generate_latest(REGISTRY)
+    if writer_lag is not None:
+        lag = CollectorRegistry()
+        Gauge(
+            "onsale_writer_pending_entries",
+            "Confirmed sales in the outbox not yet in Postgres",
+            registry=lag,
+        ).set(writer_lag[0])
+        Gauge(
+            "onsale_writer_oldest_age_seconds",
+            "Age of the oldest confirmed sale not yet in Postgres",
+            registry=lag,
+        ).set(writer_lag[1])
+        body += generate_latest(lag)
+    return body, CONTENT_TYPE_LATEST
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id.get()
+        return True
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """JSON lines on stderr, each with the request id of the request it belongs to."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter(
+            "{asctime}{levelname}{name}{message}{request_id}",
+            style="{",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        )
+    )
+    handler.addFilter(_RequestIdFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+class RequestMiddleware:
+    """Request id in and out (``X-Request-ID``), body-size limit, latency
+    metric and one access-log line per request."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began = time.perf_counter()
+        headers = dict(scope["headers"])
+        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
+        token = request_id.set(rid)
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            refusal = self._too_large(headers) or await _over_global_limit(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send_with_id)
+            else:
+                await self.app(scope, _limited(receive, self.max_body_bytes), send_with_id)
+        finally:
+            seconds = time.perf_counter() - began
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            REQUEST_SECONDS.labels(scope["method"], template, str(status)).observe(seconds)
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info(
+                    "request",
+                    extra={
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "route": template,
+                        "status": status,
+                        "duration_ms": round(seconds * 1000, 2),
+                        "client": (scope.get("client") or ("-",))[0],
+                    },
+                )
+            request_id.reset(token)
+
+    def _too_large(self, headers: dict[bytes, bytes]) -> Any:
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            return ApiError("body_too_large", f"at most {self.max_body_bytes} bytes").response()
+        return None
+
+
+UNLIMITED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # probes and scrapers
+
+
+async def _over_global_limit(scope: Scope) -> Any:
+    """The per-address limit every route shares (429 before any work is done)."""
+    limiter = getattr(scope["app"].state, "limiter", None)
+    if limiter is None or scope["path"] in UNLIMITED_PATHS:
+        return None
+    try:
+        await limiter.hit("global", (scope.get("client") or ("-",))[0])
+    except ApiError as exc:
+        return exc.response()
+    return None
+
+
+def _limited(receive: Receive, max_bytes: int) -> Receive:
+    """Counts a body sent without Content-Length (chunked) as it arrives."""
+    seen = 0
+
+    async def wrapped() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > max_bytes:
+                raise ApiError("body_too_large", f"at most {max_bytes} bytes")
+        return message
+
+    return wrapped

@@ -1,0 +1,68 @@
+"""Rate limits on Redis with the ``limits`` library, shared by every worker.
+
+``ONSALE_RATE_LIMITS`` names them: ``login=5/minute,holds=20/minute,
+global=300/minute`` by default, ``off`` for none (load tests of the engine
+itself). login is per client address and email, holds per user, global per
+client address.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from limits import RateLimitItem, parse
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+
+from api.errors import ApiError
+
+NAMES = ("login", "holds", "global")
+
+
+def parse_limits(spec: str) -> dict[str, RateLimitItem]:
+    """``"login=5/minute,holds=20/minute"`` → items; ``"off"`` → none."""
+    spec = spec.strip()
+    if spec.lower() in ("", "off", "none"):
+        return {}
+    items: dict[str, RateLimitItem] = {}
+    for part in spec.split(","):
+        name, _, value = part.partition("=")
+        name = name.strip()
+        if name not in NAMES or not value:
+            raise ValueError(f"ONSALE_RATE_LIMITS: expected name=N/period with names {NAMES}")
+        items[name] = parse(value.strip())
+    return items
+
+
+@dataclass
+class RateLimiter:
+    limits: dict[str, RateLimitItem]
+    limiter: MovingWindowRateLimiter | None
+
+    @classmethod
+    def from_settings(cls, spec: str, redis_url: str) -> RateLimiter:
+        items = parse_limits(spec)
+        if not items:
+            return cls({}, None)
+        storage = RedisStorage(
+            "async+" + redis_url, implementation="redispy", key_prefix="onsale:limits"
+        )
+        return cls(items, MovingWindowRateLimiter(storage))
+
+    async def hit(self, name: str, *identity: str) -> None:
+        """Counts one request; raises 429 ``rate_limited`` when over the limit."""
+        item = self.limits.get(name)
+        if item is None or self.limiter is None:
+            return
+        if await self.limiter.hit(item, name, *identity):
+            return
+        stats = await self.limiter.get_window_stats(item, name, *identity)
+        retry_after = max(1, math.ceil(stats.reset_time - time.time()))
+        raise ApiError(
+            "rate_limited",
+            f"limit {item} for {name}; try again in {retry_after} s",
+            headers={"Retry-After": str(retry_after)},
+            retry_after_s=retry_after,
+        )

@@ -1,0 +1,86 @@
+"""Becoming an organizer (apply → an admin decides) and user roles."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Literal
+
+from fastapi import APIRouter, status
+
+from api.deps import Admin, CurrentUser, DbDep
+from api.errors import ApiError
+from api.schemas import ApplicationIn, ApplicationOut, RoleIn, UserOut, problem_responses
+from persistence import accounts
+from persistence.accounts import Application, ApplicationConflict
+
+router = APIRouter(tags=["organizers"])
+
+
+def _out(a: Application) -> ApplicationOut:
+    return ApplicationOut(
+        id=a.id,
+        user_id=a.user_id,
+        organization=a.organization,
+        status=a.status,  # type: ignore[arg-type]
+        created_at=a.created_at,
+        decided_at=a.decided_at,
+    )
+
+
+@router.post(
+    "/organizer-applications",
+    status_code=status.HTTP_201_CREATED,
+    responses=problem_responses(401, 409, 422),
+)
+async def apply(body: ApplicationIn, user: CurrentUser, db: DbDep) -> ApplicationOut:
+    """A customer asks to sell tickets; an admin approves or rejects."""
+    if user.role != "customer":
+        raise ApiError("not_a_customer")
+    try:
+        return _out(await accounts.apply_as_organizer(db, user.user_id, body.organization))
+    except ApplicationConflict as exc:
+        raise ApiError(exc.code) from exc
+
+
+@router.get("/admin/organizer-applications", responses=problem_responses(401, 403))
+async def applications(
+    _: Admin, db: DbDep, status: Literal["pending", "approved", "rejected"] | None = None
+) -> list[ApplicationOut]:
+    return [_out(a) for a in await accounts.list_applications(db, status)]
+
+
+async def _decide(
+    db: DbDep, application_id: uuid.UUID, approve: bool, admin_id: uuid.UUID
+) -> ApplicationOut:
+    try:
+        decided = await accounts.decide_application(db, application_id, approve, admin_id)
+    except ApplicationConflict as exc:
+        raise ApiError(exc.code) from exc
+    if decided is None:
+        raise ApiError("not_found", "no such application")
+    return _out(decided)
+
+
+@router.post(
+    "/admin/organizer-applications/{application_id}/approve",
+    responses=problem_responses(401, 403, 404, 409),
+)
+async def approve(application_id: uuid.UUID, admin: Admin, db: DbDep) -> ApplicationOut:
+    """Approves; the applicant is an organizer from their next token on."""
+    return await _decide(db, application_id, True, admin.user_id)
+
+
+@router.post(
+    "/admin/organizer-applications/{application_id}/reject",
+    responses=problem_responses(401, 403, 404, 409),
+)
+async def reject(application_id: uuid.UUID, admin: Admin, db: DbDep) -> ApplicationOut:
+    return await _decide(db, application_id, False, admin.user_id)
+
+
+@router.patch("/admin/users/{user_id}/role", responses=problem_responses(401, 403, 404, 422))
+async def set_role(user_id: uuid.UUID, body: RoleIn, _: Admin, db: DbDep) -> UserOut:
+    account = await accounts.set_role(db, user_id, body.role)
+    if account is None:
+        raise ApiError("not_found", "no such user")
+    return UserOut(id=account.id, email=account.email, name=account.name, role=account.role)  # type: ignore[arg-type]

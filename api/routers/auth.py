@@ -1,0 +1,106 @@
+"""Accounts and sessions: register, login, refresh (rotating), logout, me."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response, status
+
+from api.deps import CurrentUser, DbDep, SettingsDep
+from api.errors import ApiError
+from api.schemas import LoginIn, RefreshIn, RegisterIn, TokensOut, UserOut, problem_responses
+from api.security import (
+    hash_password,
+    issue_access_token,
+    new_refresh_token,
+    refresh_token_hash,
+    verify_password,
+)
+from persistence import accounts
+from persistence.accounts import Account, EmailTaken, Rotation
+
+router = APIRouter(prefix="/auth", tags=["auth"])
+
+
+def _user(account: Account) -> UserOut:
+    return UserOut(id=account.id, email=account.email, name=account.name, role=account.role)  # type: ignore[arg-type]
+
+
+async def _session(request: Request, account: Account) -> TokensOut:
+    settings = request.app.state.settings
+    refresh, digest = new_refresh_token()
+    await accounts.store_refresh_token(
+        request.app.state.db, account.id, digest, settings.refresh_token_ttl_s
+    )
+    return _tokens(request, account, refresh)
+
+
+def _tokens(request: Request, account: Account, refresh: str) -> TokensOut:
+    settings = request.app.state.settings
+    return TokensOut(
+        user=_user(account),
+        access_token=issue_access_token(
+            request.app.state.jwt_secret, account.id, account.role, settings.access_token_ttl_s
+        ),
+        refresh_token=refresh,
+        expires_in=settings.access_token_ttl_s,
+    )
+
+
+@router.post(
+    "/register",
+    status_code=status.HTTP_201_CREATED,
+    responses=problem_responses(409, 422, 429),
+)
+async def register(body: RegisterIn, request: Request, db: DbDep) -> TokensOut:
+    """Creates a customer account and signs it in."""
+    await request.app.state.limiter.hit("login", _client(request), body.email.lower())
+    try:
+        account = await accounts.create_user(
+            db, body.email, hash_password(body.password), body.name
+        )
+    except EmailTaken as exc:
+        raise ApiError("email_taken") from exc
+    return await _session(request, account)
+
+
+@router.post("/login", responses=problem_responses(401, 422, 429))
+async def login(body: LoginIn, request: Request, db: DbDep) -> TokensOut:
+    await request.app.state.limiter.hit("login", _client(request), body.email.lower())
+    account = await accounts.user_by_email(db, body.email)
+    if not verify_password(account.password_hash if account else None, body.password):
+        raise ApiError("invalid_credentials")
+    assert account is not None
+    return await _session(request, account)
+
+
+@router.post("/refresh", responses=problem_responses(401, 422))
+async def refresh(body: RefreshIn, request: Request, db: DbDep, settings: SettingsDep) -> TokensOut:
+    """Swaps a refresh token for a new pair. Each refresh token works once: a
+    second use revokes every token of its session."""
+    new, digest = new_refresh_token()
+    outcome, account = await accounts.rotate_refresh_token(
+        db, refresh_token_hash(body.refresh_token), digest, settings.refresh_token_ttl_s
+    )
+    if outcome is Rotation.REUSED:
+        raise ApiError("refresh_token_reused")
+    if outcome is Rotation.INVALID or account is None:
+        raise ApiError("invalid_token", "the refresh token is unknown, expired or revoked")
+    return _tokens(request, account, new)
+
+
+@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, responses=problem_responses(401))
+async def logout(body: RefreshIn, user: CurrentUser, db: DbDep) -> Response:
+    """Ends the session the refresh token belongs to."""
+    await accounts.revoke_family(db, refresh_token_hash(body.refresh_token), user.user_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/me", responses=problem_responses(401, 404))
+async def me(user: CurrentUser, db: DbDep) -> UserOut:
+    account = await accounts.user_by_id(db, user.user_id)
+    if account is None:
+        raise ApiError("invalid_token", "the account no longer exists")
+    return _user(account)
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "-"

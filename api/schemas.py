@@ -1,0 +1,273 @@
+"""Request and response bodies of the public contract (../shared/API.md).
+
+Separate from the tables on purpose: what clients see changes only with the
+contract, whatever the schema underneath does.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, model_validator
+
+Role = Literal["customer", "organizer", "admin"]
+Text200 = Annotated[str, Field(min_length=1, max_length=200)]
+SectionCode = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$")]
+SeatId = Annotated[
+    str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}-[1-9][0-9]{0,3}-[1-9][0-9]{0,3}$")
+]
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("give a time zone (RFC 3339, e.g. 2027-05-01T20:00:00Z)")
+    return value
+
+
+AwareDatetime = Annotated[datetime, AfterValidator(_aware)]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------- auth
+
+
+class RegisterIn(Body):
+    email: EmailStr = Field(max_length=320)
+    password: str = Field(min_length=8, max_length=256)
+    name: Text200
+
+
+class LoginIn(Body):
+    email: EmailStr = Field(max_length=320)
+    password: str = Field(min_length=1, max_length=256)
+
+
+class RefreshIn(Body):
+    refresh_token: str = Field(min_length=1, max_length=200)
+
+
+class UserOut(BaseModel):
+    id: uuid.UUID
+    email: str
+    name: str
+    role: Role
+
+
+class TokensOut(BaseModel):
+    user: UserOut
+    access_token: str
+    refresh_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int
+
+
+class RoleIn(Body):
+    role: Role
+
+
+class ApplicationIn(Body):
+    organization: Text200
+
+
+class ApplicationOut(BaseModel):
+    id: uuid.UUID
+    user_id: uuid.UUID
+    organization: str
+    status: Literal["pending", "approved", "rejected"]
+    created_at: datetime
+    decided_at: datetime | None
+
+
+# ---------------------------------------------------------------- events
+
+
+class EventIn(Body):
+    name: Text200
+    venue: Text200
+    starts_at: AwareDatetime
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    description: str | None = Field(default=None, max_length=5000)
+    hold_ttl_s: int = Field(default=600, ge=30, le=3600)
+    max_tickets_per_customer: int = Field(default=0, ge=0, le=100, description="0: no limit")
+
+
+class EventPatch(Body):
+    name: Text200 | None = None
+    venue: Text200 | None = None
+    starts_at: AwareDatetime | None = None
+    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
+    description: str | None = Field(default=None, max_length=5000)
+    hold_ttl_s: int | None = Field(default=None, ge=30, le=3600)
+    max_tickets_per_customer: int | None = Field(default=None, ge=0, le=100)
+
+
+class SeatedSectionIn(Body):
+    kind: Literal["seated"]
+    code: SectionCode
+    name: Text200
+    price_cents: int = Field(ge=0, le=100_000_000)
+    rows: int = Field(ge=1, le=500)
+    seats_per_row: int = Field(ge=1, le=500)
+
+
+class GeneralSectionIn(Body):
+    kind: Literal["general"]
+    code: SectionCode
+    name: Text200
+    price_cents: int = Field(ge=0, le=100_000_000)
+    capacity: int = Field(ge=1, le=200_000)
+
+
+SectionIn = Annotated[SeatedSectionIn | GeneralSectionIn, Field(discriminator="kind")]
+
+
+class SectionOut(BaseModel):
+    code: str
+    name: str
+    kind: Literal["seated", "general"]
+    price_cents: int
+    capacity: int
+    rows: int | None = None
+    seats_per_row: int | None = None
+
+
+class EventOut(BaseModel):
+    id: str
+    organizer_id: uuid.UUID | None
+    name: str
+    venue: str
+    description: str | None
+    starts_at: datetime
+    currency: str
+    status: Literal["draft", "on_sale", "closed", "cancelled"]
+    hold_ttl_s: int
+    max_tickets_per_customer: int
+    created_at: datetime
+    published_at: datetime | None
+    sections: list[SectionOut]
+
+
+class EventPage(BaseModel):
+    items: list[EventOut]
+    total: int
+    page: int
+    size: int
+
+
+class SectionAvailabilityOut(BaseModel):
+    code: str
+    kind: Literal["seated", "general"]
+    capacity: int
+    available: int
+    held: int
+    sold: int
+
+
+class AvailabilityOut(BaseModel):
+    version: int
+    sections: list[SectionAvailabilityOut]
+
+
+class SeatOut(BaseModel):
+    id: str
+    status: Literal["available", "held", "sold"]
+
+
+class SeatsOut(BaseModel):
+    version: int
+    seats: list[SeatOut]
+
+
+# ---------------------------------------------------------------- holds and orders
+
+
+class HoldIn(Body):
+    seats: list[SeatId] | None = Field(default=None, min_length=1, max_length=100)
+    section: SectionCode | None = None
+    quantity: int | None = Field(default=None, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def one_shape(self) -> HoldIn:
+        if (self.seats is None) == (self.section is None):
+            raise ValueError("give either seats, or a section and a quantity")
+        if self.section is not None and self.quantity is None:
+            raise ValueError("a general-admission hold needs a quantity")
+        if self.seats is not None and self.quantity is not None:
+            raise ValueError("a seated hold takes no quantity")
+        return self
+
+
+class HoldOut(BaseModel):
+    hold_id: str
+    event_id: str
+    status: Literal["held", "released", "expired", "confirmed"] = "held"
+    seats: list[str] | None = None
+    section: str | None = None
+    quantity: int
+    amount_cents: int
+    currency: str
+    expires_at: datetime
+
+
+class OrderIn(Body):
+    hold_id: str = Field(min_length=1, max_length=128)
+
+
+class PaymentOut(BaseModel):
+    provider: str
+    payment_intent_id: str
+    client_secret: str | None = None
+
+
+class OrderItemOut(BaseModel):
+    seat: str | None = None
+    section: str
+    quantity: int
+    price_cents: int
+
+
+class TicketOut(BaseModel):
+    id: uuid.UUID
+    event_id: str
+    seat: str | None = None
+    section: str
+    status: str
+
+
+class OrderOut(BaseModel):
+    order_id: str
+    event_id: str
+    hold_id: str
+    status: Literal["pending_payment", "paid", "refunded", "expired", "cancelled"]
+    amount_cents: int | None
+    currency: str | None
+    created_at: datetime
+    expires_at: datetime | None
+    confirmed_at: datetime | None = None
+    items: list[OrderItemOut]
+    tickets: list[TicketOut] = []
+    payment: PaymentOut | None = None
+
+
+class OrderList(BaseModel):
+    items: list[OrderOut]
+
+
+class Problem(BaseModel):
+    """application/problem+json"""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    model_config = ConfigDict(extra="allow")
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {s: {"model": Problem, "content": {"application/problem+json": {}}} for s in statuses}

@@ -1,0 +1,113 @@
+"""Passwords, access tokens and refresh tokens.
+
+Access tokens are HS256 JWTs (PyJWT) carrying the user id and role, checked
+without a database round trip. Refresh tokens are random strings; only their
+SHA-256 is stored, so a database leak does not leak sessions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+ALGORITHM = "HS256"
+ISSUER = "onsale"
+
+_hasher = PasswordHasher()
+# Verified against when the email is unknown, so a login takes as long either way.
+_DUMMY_HASH = _hasher.hash("not a real password")
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str | None, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash or _DUMMY_HASH, password) and bool(password_hash)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling, as the access token says."""
+
+    user_id: uuid.UUID
+    role: str
+
+    @property
+    def customer_id(self) -> str:
+        """The id the engine knows this user by (holds, per-customer limits)."""
+        return self.user_id.hex
+
+
+class InvalidToken(Exception):
+    pass
+
+
+def issue_access_token(secret: str, user_id: uuid.UUID, role: str, ttl_s: int) -> str:
+    now = int(time.time())
+    claims = {
+        "sub": str(user_id),
+        "role": role,
+        "iat": now,
+        "exp": now + ttl_s,
+        "iss": ISSUER,
+        "jti": secrets.token_hex(8),
+    }
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def read_access_token(secret: str, token: str) -> Principal:
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            issuer=ISSUER,
+            options={"require": ["exp", "iat", "sub", "iss"]},
+        )
+        return Principal(uuid.UUID(claims["sub"]), str(claims["role"]))
+    except jwt.ExpiredSignatureError as exc:
+        raise InvalidToken("the access token has expired") from exc
+    except (jwt.PyJWTError, ValueError, KeyError) as exc:
+        raise InvalidToken("the access token is not valid") from exc
+
+
+def new_refresh_token() -> tuple[str, str]:
+    """A refresh token for the client and the hash to store."""
+    token = secrets.token_urlsafe(32)
+    return token, refresh_token_hash(token)
+
+
+def refresh_token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def load_or_create_secret(data_dir: Path, name: str = "jwt-secret") -> str:
+    """The embedded default's signing key: generated once into the data
+    directory (mode 0600), shared by every worker, never committed."""
+    path = data_dir / name
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        tmp = data_dir / f".{name}.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(48))
+        try:
+            os.link(tmp, path)  # atomic: the first worker's secret wins, whole
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_text().strip()

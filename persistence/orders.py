@@ -1,0 +1,152 @@
+"""Orders as the API creates and reads them.
+
+The API writes an order ``pending_payment`` when a buyer checks out a hold;
+the outbox writer turns it ``paid`` once the engine has confirmed the sale
+(and adds its tickets) — never the other way round, so a sale the engine
+confirmed is recorded even if this row came late or never.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from persistence.models import Event, Order, Ticket
+
+
+@dataclass(frozen=True)
+class TicketRecord:
+    id: uuid.UUID
+    event_id: str
+    section_code: str
+    seat_id: str | None
+    status: str
+
+
+@dataclass(frozen=True)
+class OrderRecord:
+    id: str
+    event_id: str
+    event_organizer_id: uuid.UUID | None
+    customer_id: str
+    hold_id: str
+    status: str
+    amount_cents: int | None
+    currency: str | None
+    items: list[dict[str, Any]]
+    created_at: datetime
+    expires_at: datetime | None
+    confirmed_at: datetime | None
+    refunded_at: datetime | None
+    tickets: tuple[TicketRecord, ...] = ()
+
+
+class OrderExists(Exception):
+    def __init__(self, order_id: str) -> None:
+        super().__init__(order_id)
+        self.order_id = order_id
+
+
+def new_order_id() -> str:
+    return "or_" + uuid.uuid4().hex[:20]
+
+
+async def create_order(
+    db: AsyncEngine,
+    *,
+    order_id: str,
+    event_id: str,
+    customer_id: str,
+    hold_id: str,
+    amount_cents: int,
+    currency: str,
+    items: list[dict[str, Any]],
+    expires_at: datetime,
+) -> OrderRecord:
+    try:
+        async with db.begin() as conn:
+            await conn.execute(
+                insert(Order).values(
+                    id=order_id,
+                    event_id=event_id,
+                    customer_id=customer_id,
+                    hold_id=hold_id,
+                    status="pending_payment",
+                    amount_cents=amount_cents,
+                    currency=currency,
+                    items=items,
+                    expires_at=expires_at,
+                )
+            )
+    except IntegrityError as exc:  # orders_one_per_hold
+        async with db.connect() as conn:
+            existing = (
+                await conn.execute(select(Order.id).where(Order.hold_id == hold_id))
+            ).scalar_one_or_none()
+        if existing is None:
+            raise
+        raise OrderExists(existing) from exc
+    order = await get_order(db, order_id)
+    assert order is not None
+    return order
+
+
+_ORDER_COLUMNS = [c for c in Order.__table__.c]
+
+
+def _order(row: Any, tickets: tuple[TicketRecord, ...] = ()) -> OrderRecord:
+    return OrderRecord(
+        id=row.id,
+        event_id=row.event_id,
+        event_organizer_id=row.organizer_id,
+        customer_id=row.customer_id,
+        hold_id=row.hold_id,
+        status=row.status,
+        amount_cents=row.amount_cents,
+        currency=row.currency,
+        items=row.items or [],
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        confirmed_at=row.confirmed_at,
+        refunded_at=row.refunded_at,
+        tickets=tickets,
+    )
+
+
+def _orders_query() -> Any:
+    return select(*_ORDER_COLUMNS, Event.organizer_id).join(Event, Event.id == Order.event_id)
+
+
+async def get_order(db: AsyncEngine, order_id: str) -> OrderRecord | None:
+    async with db.connect() as conn:
+        row = (await conn.execute(_orders_query().where(Order.id == order_id))).one_or_none()
+        if row is None:
+            return None
+        tickets = (
+            await conn.execute(
+                select(Ticket).where(Ticket.order_id == order_id).order_by(Ticket.seat_id)
+            )
+        ).all()
+    return _order(
+        row,
+        tuple(TicketRecord(t.id, t.event_id, t.section_code, t.seat_id, t.status) for t in tickets),
+    )
+
+
+async def list_orders(db: AsyncEngine, customer_id: str, limit: int = 100) -> list[OrderRecord]:
+    async with db.connect() as conn:
+        rows = (
+            await conn.execute(
+                _orders_query()
+                .where(Order.customer_id == customer_id)
+                .order_by(Order.created_at.desc(), Order.id)
+                .limit(limit)
+            )
+        ).all()
+    return [_order(r) for r in rows]
