@@ -18,6 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, default=1)
     commands.add_parser("migrate", help="bring the database schema up to date")
     commands.add_parser("writer", help="write confirmed sales from the outbox to Postgres")
+    admin = commands.add_parser("create-admin", help="create an admin (or make a user one)")
+    admin.add_argument("--email", required=True)
+    admin.add_argument("--password", required=True)
     bench = commands.add_parser("bench", help="benchmarks")
     bench.add_argument("name", choices=["engine", "writer"])
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
@@ -35,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         with embedded_stack(Settings(), with_ray=False):  # upgrades the schema on entry
             logging.getLogger("onsale").info("schema is at the latest migration")
         return 0
+    if args.command == "create-admin":
+        return _create_admin(args.email, args.password)
     if args.command == "writer":
         from api.supervisor import run_writer
 
@@ -50,6 +55,33 @@ def main(argv: list[str] | None = None) -> int:
         return engine_bench.main(args.args)
     parser.error(f"unknown command {args.command}")
     return 2
+
+
+def _create_admin(email: str, password: str) -> int:
+    import asyncio
+
+    from api.schemas import RegisterIn
+    from api.seed import create_admin
+    from api.supervisor import embedded_stack
+    from persistence.db import create_engine
+
+    try:
+        RegisterIn(email=email, password=password, name="Administrator")
+    except ValueError as exc:
+        print(f"onsale create-admin: {exc}", file=sys.stderr)
+        return 2
+
+    async def run(database_url: str) -> None:
+        db = create_engine(database_url, pool_size=1)
+        try:
+            await create_admin(db, email, password)
+        finally:
+            await db.dispose()
+
+    with embedded_stack(Settings(), with_ray=False) as ready:
+        asyncio.run(run(ready.database_url or ""))
+    print(f"{email} is an admin")
+    return 0
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -111,11 +112,19 @@ def writer_process() -> Iterator[subprocess.Popen[bytes]]:
 
 
 def serve(settings: Settings, workers: int = 1, *, with_writer: bool = False) -> None:
-    """Runs the API on settings.host:port until interrupted."""
+    """Runs the API on settings.host:port until interrupted; ``onsale up``
+    (``with_writer``) also runs the writer and seeds an admin and a demo event."""
     with (
         embedded_stack(settings) as ready,
         writer_process() if with_writer else contextlib.nullcontext(),
     ):
+        if with_writer:
+            asyncio.run(_seed(ready))
+        if workers > 1:  # every worker's metrics in one /metrics
+            metrics_dir = ready.data_dir.resolve() / "metrics"
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            metrics_dir.mkdir(parents=True)
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         uvicorn.run(
             "api.app:create_app",
             factory=True,
@@ -123,5 +132,35 @@ def serve(settings: Settings, workers: int = 1, *, with_writer: bool = False) ->
             port=ready.port,
             workers=workers,
             log_level="info",
+            access_log=False,  # the app logs each request itself, as JSON with its id
             lifespan="on",
         )
+
+
+async def _seed(settings: Settings) -> None:
+    from api.seed import seed_admin, seed_demo_event
+    from engine.client import EngineClient
+    from persistence.db import create_engine
+    from persistence.rebuild import PostgresRestore
+
+    db = create_engine(settings.database_url or "", pool_size=2)
+    engine = EngineClient(
+        settings.redis_url or "", restore=PostgresRestore(settings.database_url or "")
+    )
+    try:
+        admin = await seed_admin(db, settings.data_dir.resolve())
+        event_id = await seed_demo_event(db, engine)
+    finally:
+        await engine.aclose()
+        await db.dispose()
+    base = f"http://{settings.host}:{settings.port}"
+    print(
+        f"""
+  onsale is starting on {base}
+    API docs       {base}/docs
+    demo event     {base}/events/{event_id}  (seats: {base}/events/{event_id}/seats)
+    admin          {admin.email} / {admin.password}
+                   (saved in {settings.data_dir.resolve() / "admin-credentials.json"})
+""",
+        flush=True,
+    )

@@ -71,6 +71,13 @@ async def set_role(db: AsyncEngine, user_id: uuid.UUID, role: str) -> Account | 
     return _account(row) if row else None  # type: ignore[arg-type]
 
 
+async def set_password(db: AsyncEngine, user_id: uuid.UUID, password_hash: str) -> None:
+    async with db.begin() as conn:
+        await conn.execute(
+            update(User).where(User.id == user_id).values(password_hash=password_hash)
+        )
+
+
 # ---------------------------------------------------------------- refresh tokens
 
 

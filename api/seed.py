@@ -1,0 +1,86 @@
+"""The embedded default's first admin and demo event, so a new user can try
+the API from /docs at once; and `onsale create-admin`."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from api.security import hash_password
+from persistence import accounts
+from persistence.catalog import InventoryLoader, SectionSpec, add_event, publish_event
+from persistence.models import Event
+
+DEMO_EVENT_ID = "demo"
+DEMO_SECTIONS = [
+    SectionSpec("HALL", "Main hall", 6500, "seated", rows=40, seats_per_row=75),  # 3,000 seats
+    SectionSpec("FLOOR", "Standing floor", 3900, "general", capacity=1500),
+]
+ADMIN_EMAIL = "admin@onsale.local"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    email: str
+    password: str
+
+
+async def create_admin(db: AsyncEngine, email: str, password: str) -> None:
+    """Creates the account as an admin, or makes an existing one an admin
+    with this password."""
+    existing = await accounts.user_by_email(db, email)
+    if existing is None:
+        await accounts.create_user(db, email, hash_password(password), "Administrator", "admin")
+    else:
+        await accounts.set_role(db, existing.id, "admin")
+        await accounts.set_password(db, existing.id, hash_password(password))
+
+
+async def seed_admin(db: AsyncEngine, data_dir: Path) -> Credentials:
+    """The embedded default's admin: made once, its password kept (0600) in
+    the data directory so `make up` can print it again."""
+    path = data_dir / "admin-credentials.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        credentials = Credentials(saved["email"], saved["password"])
+        if await accounts.user_by_email(db, credentials.email) is not None:
+            return credentials
+    credentials = Credentials(ADMIN_EMAIL, secrets.token_urlsafe(12))
+    await create_admin(db, credentials.email, credentials.password)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"email": credentials.email, "password": credentials.password}, f)
+    return credentials
+
+
+async def seed_demo_event(db: AsyncEngine, engine: InventoryLoader) -> str:
+    """A seated hall of 3,000 seats and a standing floor, on sale (once)."""
+    async with db.connect() as conn:
+        status = (
+            await conn.execute(select(Event.status).where(Event.id == DEMO_EVENT_ID))
+        ).scalar_one_or_none()
+    admin = await accounts.user_by_email(db, ADMIN_EMAIL)
+    if status in ("closed", "cancelled"):
+        return DEMO_EVENT_ID  # someone ended the demo: leave it so
+    if status is None:
+        await add_event(
+            db,
+            DEMO_EVENT_ID,
+            name="onsale demo night",
+            venue="Demo Hall",
+            starts_at=datetime.now(UTC).replace(microsecond=0) + timedelta(days=30),
+            currency="EUR",
+            sections=DEMO_SECTIONS,
+            hold_ttl_s=600,
+            max_tickets_per_customer=8,
+            organizer_id=admin.id if admin else None,
+        )
+    await publish_event(db, engine, DEMO_EVENT_ID)  # loads Redis if it lost the event
+    return DEMO_EVENT_ID
