@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     admin.add_argument("--email", required=True)
     admin.add_argument("--password", required=True)
     bench = commands.add_parser("bench", help="benchmarks")
-    bench.add_argument("name", choices=["engine", "writer"])
+    bench.add_argument("name", choices=["engine", "writer", "http"])
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
 
     args = parser.parse_args(argv)
@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         run_writer(Settings())
         return 0
     if args.command == "bench":
+        if args.name == "http":
+            from bench import http as http_bench
+
+            return http_bench.main(args.args)
         if args.name == "writer":
             from bench import writer as writer_bench
 

@@ -1,4 +1,8 @@
-"""Request dependencies, as ``Annotated`` aliases routers declare by type."""
+"""Request dependencies, as ``Annotated`` aliases routers declare by type.
+
+All ``async def``: FastAPI runs a plain ``def`` dependency in its thread pool,
+a thread hop per dependency per request that the hold path cannot afford.
+"""
 
 from __future__ import annotations
 
@@ -15,19 +19,19 @@ from api.settings import Settings
 from engine.client import EngineClient
 
 
-def _db(request: Request) -> AsyncEngine:
+async def _db(request: Request) -> AsyncEngine:
     return request.app.state.db
 
 
-def _engine(request: Request) -> EngineClient:
+async def _engine(request: Request) -> EngineClient:
     return request.app.state.engine
 
 
-def _redis(request: Request) -> Redis:
+async def _redis(request: Request) -> Redis:
     return request.app.state.redis
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -40,7 +44,7 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 _bearer = HTTPBearer(auto_error=False, description="an access token from /auth/login")
 
 
-def _principal(
+async def _principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
@@ -62,7 +66,7 @@ def _principal(
 CurrentUser = Annotated[Principal, Depends(_principal)]
 
 
-def _optional_principal(
+async def _optional_principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal | None:
@@ -70,14 +74,14 @@ def _optional_principal(
     show more to owners); a bad token is still an error, not anonymity."""
     if credentials is None:
         return None
-    return _principal(request, credentials)
+    return await _principal(request, credentials)
 
 
 OptionalUser = Annotated[Principal | None, Depends(_optional_principal)]
 
 
 def require_role(*roles: str) -> object:
-    def check(user: CurrentUser) -> Principal:
+    async def check(user: CurrentUser) -> Principal:
         if user.role not in roles:
             raise ApiError("forbidden", f"this needs the role {' or '.join(roles)}")
         return user

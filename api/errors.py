@@ -107,7 +107,14 @@ def from_engine(exc: EngineError) -> ApiError:
     return ApiError(code, detail, **extra)
 
 
-_HTTP_CODES = {401: "invalid_token", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
+_HTTP_CODES = {
+    400: "invalid_request",
+    401: "invalid_token",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+}
 
 
 def install(app: FastAPI) -> None:
@@ -135,9 +142,13 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _HTTP_CODES.get(exc.status_code, "internal_error")
-        headers = dict(exc.headers or {})
-        return ApiError(code, str(exc.detail), headers=headers).response()
+        code = _HTTP_CODES.get(exc.status_code)
+        if code is None:
+            code = "invalid_request" if exc.status_code < 500 else "internal_error"
+        error = ApiError(code, str(exc.detail), headers=dict(exc.headers or {}))
+        if code == "invalid_request":
+            error.status = exc.status_code if exc.status_code < 500 else 400
+        return error.response()
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -24,6 +24,7 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as prometheus_multiprocess
 from pythonjsonlogger.json import JsonFormatter
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import ApiError
@@ -188,8 +189,8 @@ def _limited(receive: Receive, max_bytes: int) -> Receive:
         message = await receive()
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))
-            if seen > max_bytes:
-                raise ApiError("body_too_large", f"at most {max_bytes} bytes")
+            if seen > max_bytes:  # HTTPException: FastAPI's body reader lets it through
+                raise StarletteHTTPException(413, f"at most {max_bytes} bytes")
         return message
 
     return wrapped

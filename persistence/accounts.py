@@ -199,8 +199,13 @@ def _application(row: object) -> Application:
 
 async def apply_as_organizer(db: AsyncEngine, user_id: uuid.UUID, organization: str) -> Application:
     async with db.begin() as conn:
-        # Serializes one user's applications, so two at once cannot both be pending.
-        await conn.execute(select(User.id).where(User.id == user_id).with_for_update())
+        # Serializes one user's applications, so two at once cannot both be pending;
+        # the role is read here, not from the token, which may predate an approval.
+        role = (
+            await conn.execute(select(User.role).where(User.id == user_id).with_for_update())
+        ).scalar_one_or_none()
+        if role != "customer":
+            raise ApplicationConflict("not_a_customer")
         pending = (
             await conn.execute(
                 select(OrganizerApplication.id).where(
