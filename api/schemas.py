@@ -105,6 +105,17 @@ class EventPatch(Body):
     hold_ttl_s: int | None = Field(default=None, ge=30, le=3600)
     max_tickets_per_customer: int | None = Field(default=None, ge=0, le=100)
 
+    @model_validator(mode="after")
+    def no_nulls(self) -> EventPatch:
+        nulled = sorted(
+            name
+            for name in self.model_fields_set
+            if getattr(self, name) is None and name != "description"
+        )
+        if nulled:
+            raise ValueError(f"{', '.join(nulled)} cannot be null (only description can)")
+        return self
+
 
 class SeatedSectionIn(Body):
     kind: Literal["seated"]

@@ -4,9 +4,17 @@ Postgres (embedded, or ONSALE_TEST_DATABASE_URL) and a local Ray."""
 from __future__ import annotations
 
 import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
+import httpx
 import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -17,7 +25,7 @@ from engine.model import GeneralSection, SeatedSection
 from engine.scripts import InventoryScripts
 from persistence import migrate
 from persistence.db import create_engine
-from persistence.embedded import EmbeddedPostgres, EmbeddedValkey
+from persistence.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 
 
 @pytest.fixture(scope="session")
@@ -86,3 +94,64 @@ async def db(database_url: str) -> AsyncIterator[AsyncEngine]:
     sql = create_engine(database_url)
     yield sql
     await sql.dispose()
+
+
+@dataclass(frozen=True)
+class LiveApi:
+    """`onsale serve` in a subprocess, on the session's Redis, Postgres and Ray."""
+
+    base_url: str
+    jwt_secret: str
+    data_dir: Path
+
+
+@pytest.fixture(scope="session")
+def live_api(
+    redis_url: str,
+    database_url: str,
+    ray_local: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[LiveApi]:
+    migrate.upgrade(database_url)
+    data_dir = tmp_path_factory.mktemp("live-api")
+    port = free_port()
+    secret = secrets.token_urlsafe(32)
+    env = {
+        **os.environ,
+        "ONSALE_REDIS_URL": redis_url,
+        "ONSALE_DATABASE_URL": database_url,
+        "RAY_ADDRESS": ray_local,
+        "ONSALE_PORT": str(port),
+        "ONSALE_DATA_DIR": str(data_dir),
+        "ONSALE_JWT_SECRET": secret,
+        "ONSALE_RATE_LIMITS": "off",
+        "ONSALE_LOG_LEVEL": "WARNING",
+    }
+    log = (data_dir / "server.log").open("wb")
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("onsale")), "serve", "--workers", "2"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, (data_dir / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "onsale serve did not become ready"
+            try:
+                if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        yield LiveApi(base_url, secret, data_dir)
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()

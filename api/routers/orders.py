@@ -13,6 +13,7 @@ from api.idempotency import idempotent
 from api.routers.holds import IdempotencyKey, my_hold, price_of
 from api.schemas import OrderIn, OrderItemOut, OrderList, OrderOut, TicketOut, problem_responses
 from api.security import Principal
+from persistence import events as events_store
 from persistence import orders as store
 from persistence.orders import OrderExists, OrderRecord
 
@@ -74,6 +75,9 @@ async def create_order(
 
     async def handler() -> tuple[int, Any]:
         event, hold = await my_hold(request, body.hold_id, user)
+        current = await events_store.get_event(db, event.id)  # not cached: cancel is final
+        if current is None or current.status == "cancelled":
+            raise ApiError("event_ended", "the event is cancelled")
         if hold.status == "confirmed" and hold.order_id:
             raise ApiError("order_exists", order_id=hold.order_id)
         if hold.status != "held":
