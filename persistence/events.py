@@ -73,15 +73,22 @@ def new_event_id() -> str:
     return "ev_" + uuid.uuid4().hex[:16]
 
 
+class UnknownOrganizer(Exception):
+    """The token names a user Postgres does not have (deleted since)."""
+
+
 async def create_event(db: AsyncEngine, organizer_id: uuid.UUID, **fields: Any) -> EventRecord:
-    async with db.begin() as conn:
-        row = (
-            await conn.execute(
-                insert(Event)
-                .values(id=new_event_id(), organizer_id=organizer_id, status="draft", **fields)
-                .returning(*_EVENT_COLUMNS)
-            )
-        ).one()
+    try:
+        async with db.begin() as conn:
+            row = (
+                await conn.execute(
+                    insert(Event)
+                    .values(id=new_event_id(), organizer_id=organizer_id, status="draft", **fields)
+                    .returning(*_EVENT_COLUMNS)
+                )
+            ).one()
+    except IntegrityError as exc:  # events.organizer_id -> users.id
+        raise UnknownOrganizer(str(organizer_id)) from exc
     return _event(row)
 
 

@@ -92,7 +92,10 @@ async def _changed(request: Request, event_id: str) -> None:
 @router.post("", status_code=status.HTTP_201_CREATED, responses=problem_responses(401, 403, 422))
 async def create_event(body: EventIn, user: Organizer, db: DbDep) -> EventOut:
     """A draft event owned by the caller; add sections, then publish."""
-    return event_out(await store.create_event(db, user.user_id, **body.model_dump()))
+    try:
+        return event_out(await store.create_event(db, user.user_id, **body.model_dump()))
+    except store.UnknownOrganizer as exc:
+        raise ApiError("invalid_token", "the account no longer exists") from exc
 
 
 @router.patch("/{event_id}", responses=problem_responses(401, 403, 404, 409, 422))
