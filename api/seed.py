@@ -23,7 +23,7 @@ DEMO_SECTIONS = [
     SectionSpec("HALL", "Main hall", 6500, "seated", rows=40, seats_per_row=75),  # 3,000 seats
     SectionSpec("FLOOR", "Standing floor", 3900, "general", capacity=1500),
 ]
-ADMIN_EMAIL = "admin@onsale.local"
+ADMIN_EMAIL = "admin@example.com"  # RFC 2606: never a real mailbox; change it in production
 
 
 @dataclass(frozen=True)

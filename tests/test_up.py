@@ -3,6 +3,7 @@ embedded servers it is built on."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -47,11 +48,22 @@ def test_onsale_up_serves_health_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> 
         ready = _wait_ready(f"http://127.0.0.1:{port}/readyz", proc, deadline_s=120)
         assert ready.json()["checks"] == {"redis": "ok", "postgres": "ok", "ray": "ok"}
         assert httpx.get(f"http://127.0.0.1:{port}/healthz").json() == {"status": "ok"}
+        # a new user can try the API at once: a demo event on sale, an admin to log in as
+        demo = httpx.get(f"http://127.0.0.1:{port}/events/demo").json()
+        assert demo["status"] == "on_sale"
+        assert {s["code"]: s["capacity"] for s in demo["sections"]} == {"HALL": 3000, "FLOOR": 1500}
+        credentials = json.loads((tmp_path / "data" / "admin-credentials.json").read_text())
+        login = httpx.post(f"http://127.0.0.1:{port}/auth/login", json=credentials)
+        assert login.status_code == 200 and login.json()["user"]["role"] == "admin"
+        for secret in ("admin-credentials.json", "jwt-secret"):
+            assert (tmp_path / "data" / secret).stat().st_mode & 0o077 == 0  # owner-only
         tree = psutil.Process(proc.pid).children(recursive=True)
         names = " ".join(" ".join(p.cmdline()) for p in tree if p.is_running())
         assert "valkey-server" in names and "postgres" in names and "raylet" in names
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
+        banner = proc.stdout.read().decode() if proc.stdout else ""
+        assert f"http://127.0.0.1:{port}/docs" in banner and credentials["password"] in banner
         _, alive = psutil.wait_procs(tree, timeout=20)
         assert [p.cmdline() for p in alive if p.status() != psutil.STATUS_ZOMBIE] == []
     finally:
