@@ -104,7 +104,10 @@ def configure_logging(level: str = "INFO") -> None:
     )
     handler.addFilter(_RequestIdFilter())
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    # Replaces plain stream handlers (basicConfig's, or ours from an earlier
+    # app); leaves others, such as a test's log capture, in place.
+    root.handlers[:] = [h for h in root.handlers if type(h) is not logging.StreamHandler]
+    root.addHandler(handler)
     root.setLevel(level.upper())
 
 
