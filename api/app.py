@@ -13,8 +13,9 @@ from redis.asyncio import Redis
 from api import errors
 from api.event_cache import EventCache
 from api.observability import RequestMiddleware, configure_logging, observe_batch
+from api.payments import Payments
 from api.ratelimit import RateLimiter
-from api.routers import admin, auth, events, health, holds, orders
+from api.routers import admin, auth, events, health, holds, orders, webhooks
 from api.security import load_or_create_secret
 from api.settings import Settings, get_settings
 from engine import runtime
@@ -64,6 +65,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         state.limiter = RateLimiter.from_settings(settings.rate_limits, redis_url)
         state.event_cache = EventCache(state.db)
+        state.payments = (
+            Payments(
+                settings.stripe_secret_key,
+                settings.stripe_webhook_secret or "",
+                settings.stripe_api_base,
+            )
+            if settings.stripe_secret_key
+            else None
+        )
         gc.collect()
         gc.freeze()  # start-up objects live for the process: spare the collector
         try:
@@ -82,7 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     # Routes are matched in order: the hot path (holds) first.
-    for module in (holds, health, events, orders, auth, admin):
+    for module in (holds, health, events, orders, auth, admin, webhooks):
         app.include_router(module.router)
     app.add_middleware(RequestMiddleware, max_body_bytes=settings.max_body_bytes)
     document_bearer_auth(app)

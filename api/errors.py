@@ -47,6 +47,10 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     # holds and orders
     "hold_not_active": (409, "The hold is no longer active"),
     "order_exists": (409, "An order for this hold exists"),
+    "order_not_paid": (409, "Only a paid order can be refunded"),
+    "payments_unavailable": (503, "The payment provider is unavailable; try again"),
+    "invalid_signature": (400, "The webhook signature is missing, wrong or stale"),
+    "order_not_sold": (409, "The engine has no sale for this order"),
     # engine (mirrors engine.errors)
     "event_not_found": (404, "The event has no inventory on sale"),
     "event_not_on_sale": (409, "The event is not on sale"),
@@ -68,7 +72,12 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "internal_error": (500, "Something went wrong on our side"),
 }
 
-RETRY_AFTER_S = {"engine_timeout": 1, "engine_unavailable": 2, "idempotency_in_progress": 1}
+RETRY_AFTER_S = {
+    "engine_timeout": 1,
+    "engine_unavailable": 2,
+    "idempotency_in_progress": 1,
+    "payments_unavailable": 5,
+}
 
 
 class ApiError(Exception):

@@ -260,9 +260,19 @@ class OrderOut(BaseModel):
     created_at: datetime
     expires_at: datetime | None
     confirmed_at: datetime | None = None
+    refunded_at: datetime | None = None
+    status_reason: str | None = Field(
+        default=None, description="why it ended so, e.g. seats_resold for a late payment refunded"
+    )
     items: list[OrderItemOut]
     tickets: list[TicketOut] = []
     payment: PaymentOut | None = None
+
+
+class RefundOut(BaseModel):
+    order_id: str
+    status: Literal["refund_pending", "refunded"]
+    refund_status: str
 
 
 class OrderList(BaseModel):

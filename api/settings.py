@@ -46,6 +46,20 @@ class Settings(BaseSettings):
     events_cache_s: int = 60
     log_level: str = "INFO"
 
+    # Payments. No STRIPE_SECRET_KEY: `onsale up` starts localstripe on loopback
+    # and fills these in (test mode, offline). STRIPE_WEBHOOK_SECRET verifies
+    # Stripe-Signature; the payment window bounds how long a hold is kept for
+    # an order awaiting payment.
+    stripe_secret_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("STRIPE_SECRET_KEY", "ONSALE_STRIPE_SECRET_KEY")
+    )
+    stripe_webhook_secret: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("STRIPE_WEBHOOK_SECRET", "ONSALE_STRIPE_WEBHOOK_SECRET"),
+    )
+    stripe_api_base: str | None = None
+    payment_window_s: int = Field(default=900, ge=10, le=3600)
+
 
 @lru_cache
 def get_settings() -> Settings:

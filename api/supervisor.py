@@ -32,7 +32,9 @@ class _Server(Protocol):
 
 
 @contextlib.contextmanager
-def embedded_stack(settings: Settings, *, with_ray: bool = True) -> Iterator[Settings]:
+def embedded_stack(
+    settings: Settings, *, with_ray: bool = True, with_payments: bool = False
+) -> Iterator[Settings]:
     """Starts Valkey, Postgres and Ray where no URL/address says otherwise.
 
     Yields the settings with every URL filled in; the environment carries the
@@ -55,6 +57,22 @@ def embedded_stack(settings: Settings, *, with_ray: bool = True) -> Iterator[Set
             started.append(postgres)
             settings.database_url = postgres.start()
             log.info("embedded Postgres on %s", settings.database_url)
+        if with_payments and not settings.stripe_secret_key:
+            from api.localstripe import EmbeddedStripe, test_key, webhook_secret
+
+            localstripe = EmbeddedStripe(data_dir / "localstripe")
+            started.append(localstripe)
+            settings.stripe_api_base = localstripe.start()
+            settings.stripe_secret_key = test_key()
+            settings.stripe_webhook_secret = webhook_secret(data_dir)
+            webhook_url = f"http://{settings.host}:{settings.port}/webhooks/stripe"
+            localstripe.register_webhook(webhook_url, settings.stripe_webhook_secret)
+            log.info("localstripe on %s, webhooks to %s", settings.stripe_api_base, webhook_url)
+        if settings.stripe_secret_key:
+            os.environ["STRIPE_SECRET_KEY"] = settings.stripe_secret_key
+            os.environ["STRIPE_WEBHOOK_SECRET"] = settings.stripe_webhook_secret or ""
+            if settings.stripe_api_base:
+                os.environ["ONSALE_STRIPE_API_BASE"] = settings.stripe_api_base
         migrate.upgrade(settings.database_url)  # `make up` always runs on the current schema
         os.environ["ONSALE_REDIS_URL"] = settings.redis_url
         os.environ["ONSALE_DATABASE_URL"] = settings.database_url
@@ -115,7 +133,7 @@ def serve(settings: Settings, workers: int = 1, *, with_writer: bool = False) ->
     """Runs the API on settings.host:port until interrupted; ``onsale up``
     (``with_writer``) also runs the writer and seeds an admin and a demo event."""
     with (
-        embedded_stack(settings) as ready,
+        embedded_stack(settings, with_payments=True) as ready,
         writer_process() if with_writer else contextlib.nullcontext(),
     ):
         if with_writer:
@@ -154,6 +172,11 @@ async def _seed(settings: Settings) -> None:
         await engine.aclose()
         await db.dispose()
     base = f"http://{settings.host}:{settings.port}"
+    payments = (
+        f"localstripe at {settings.stripe_api_base} (test mode: card 4242 4242 4242 4242)"
+        if settings.stripe_api_base
+        else "Stripe (STRIPE_SECRET_KEY)"
+    )
     print(
         f"""
   onsale is starting on {base}
@@ -161,6 +184,7 @@ async def _seed(settings: Settings) -> None:
     demo event     {base}/events/{event_id}  (seats: {base}/events/{event_id}/seats)
     admin          {admin.email} / {admin.password}
                    (saved in {settings.data_dir.resolve() / "admin-credentials.json"})
+    payments       {payments}
 """,
         flush=True,
     )

@@ -25,14 +25,17 @@ from engine.errors import EngineError, EngineTimeout, EngineUnavailable
 from engine.model import (
     Command,
     ConfirmHold,
+    ExtendHold,
     HoldPlaced,
     HoldQuantity,
     HoldReleased,
     HoldSeats,
     HoldView,
     Outcome,
+    RefundSale,
     ReleaseHold,
     SaleConfirmed,
+    SaleRefunded,
     Section,
     Snapshot,
     outcome_from_wire,
@@ -42,7 +45,7 @@ from engine.scripts import InventoryScripts
 
 log = logging.getLogger(__name__)
 
-_O = TypeVar("_O", HoldPlaced, HoldReleased, SaleConfirmed)
+_O = TypeVar("_O", HoldPlaced, HoldReleased, SaleConfirmed, SaleRefunded)
 Send = Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]  # one result each
 
 
@@ -183,10 +186,52 @@ class EngineClient:
         return _expect(await self.submit(event_id, ReleaseHold(hold_id, customer_id)), HoldReleased)
 
     async def confirm(
-        self, event_id: str, hold_id: str, order_id: str, meta: dict[str, Any] | None = None
+        self,
+        event_id: str,
+        hold_id: str,
+        order_id: str,
+        meta: dict[str, Any] | None = None,
+        *,
+        late: bool = False,
+        customer_id: str = "",
+        seats: Sequence[str] | None = None,
+        section: str | None = None,
+        quantity: int = 0,
     ) -> SaleConfirmed:
-        command = ConfirmHold(hold_id, order_id, meta or {})
+        """Sells the hold to ``order_id`` (once: a retry is answered as a
+        replay). ``late``: the hold lapsed; sell its seats if still free."""
+        command = ConfirmHold(
+            hold_id,
+            order_id,
+            meta or {},
+            late=late,
+            customer_id=customer_id,
+            seats=tuple(seats) if seats else None,
+            section=section,
+            quantity=quantity,
+        )
         return _expect(await self.submit(event_id, command), SaleConfirmed)
+
+    async def extend(
+        self, event_id: str, hold_id: str, customer_id: str, until_ms: int
+    ) -> HoldPlaced:
+        """Keeps a live hold until ``until_ms`` (never shortens it)."""
+        command = ExtendHold(hold_id, customer_id, until_ms)
+        return _expect(await self.submit(event_id, command), HoldPlaced)
+
+    async def refund(
+        self,
+        event_id: str,
+        order_id: str,
+        hold_id: str,
+        *,
+        seats: Sequence[str] | None = None,
+        section: str | None = None,
+        quantity: int = 0,
+    ) -> SaleRefunded:
+        """Returns the order's seats or GA places to sale (once per order)."""
+        command = RefundSale(order_id, hold_id, tuple(seats) if seats else None, section, quantity)
+        return _expect(await self.submit(event_id, command), SaleRefunded)
 
     async def submit(self, event_id: str, command: Command) -> Outcome:
         """Queues ``command`` into the event's next batch; raises its EngineError."""

@@ -101,6 +101,11 @@ class InvalidInventory(InvalidRequest):
     title = "The seat map is not valid"
 
 
+class OrderNotSold(EngineError):
+    code = "order_not_sold"
+    title = "The engine has no sale for this order"
+
+
 class EngineTimeout(EngineError):
     code = "engine_timeout"
     title = "The engine did not answer in time; retry with the same id"

@@ -117,20 +117,78 @@ class ReleaseHold:
 
 @dataclass(frozen=True)
 class ConfirmHold:
+    """Sells a hold to an order. ``late``: the payment came after the hold
+    lapsed; sell the same seats (or GA places, given here in case the hold's
+    record is gone) if they are free now."""
+
     hold_id: str
     order_id: str
     meta: dict[str, Any] = field(default_factory=dict)
+    late: bool = False
+    customer_id: str = ""
+    seats: tuple[str, ...] | None = None
+    section: str | None = None
+    quantity: int = 0
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire: dict[str, Any] = {
             "op": "confirm",
             "hold_id": self.hold_id,
             "order_id": self.order_id,
             "meta": self.meta,
         }
+        if self.late:
+            wire.update(late=True, customer_id=self.customer_id, quantity=self.quantity)
+            if self.seats:
+                wire["seats"] = list(self.seats)
+            if self.section:
+                wire["section"] = self.section
+        return wire
 
 
-Command = HoldSeats | HoldQuantity | ReleaseHold | ConfirmHold
+@dataclass(frozen=True)
+class ExtendHold:
+    """Keeps a live hold until ``until_ms`` (later only): the payment window."""
+
+    hold_id: str
+    customer_id: str
+    until_ms: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "op": "extend",
+            "hold_id": self.hold_id,
+            "customer_id": self.customer_id,
+            "until_ms": self.until_ms,
+        }
+
+
+@dataclass(frozen=True)
+class RefundSale:
+    """Returns an order's seats or GA places to sale, once per order."""
+
+    order_id: str
+    hold_id: str
+    seats: tuple[str, ...] | None = None
+    section: str | None = None
+    quantity: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {
+            "op": "refund",
+            "order_id": self.order_id,
+            "hold_id": self.hold_id,
+            "quantity": self.quantity,
+            "sold_confirmed": True,
+        }
+        if self.seats:
+            wire["seats"] = list(self.seats)
+        if self.section:
+            wire["section"] = self.section
+        return wire
+
+
+Command = HoldSeats | HoldQuantity | ReleaseHold | ConfirmHold | ExtendHold | RefundSale
 
 
 # ---------------------------------------------------------------- outcomes
@@ -162,7 +220,13 @@ class SaleConfirmed:
     replayed: bool
 
 
-Outcome = HoldPlaced | HoldReleased | SaleConfirmed
+@dataclass(frozen=True)
+class SaleRefunded:
+    order_id: str
+    replayed: bool
+
+
+Outcome = HoldPlaced | HoldReleased | SaleConfirmed | SaleRefunded
 
 
 def outcome_from_wire(command: Command, raw: dict[str, Any]) -> Outcome | EngineError:
@@ -170,7 +234,9 @@ def outcome_from_wire(command: Command, raw: dict[str, Any]) -> Outcome | Engine
     if not raw.get("ok"):
         context = {k: v for k, v in raw.items() if k not in ("ok", "code")}
         return error_from_code(str(raw.get("code")), **context)
-    if isinstance(command, HoldSeats | HoldQuantity):
+    if isinstance(command, RefundSale):
+        return SaleRefunded(order_id=raw["order_id"], replayed=bool(raw["replayed"]))
+    if isinstance(command, HoldSeats | HoldQuantity | ExtendHold):
         seats = raw.get("seats")
         return HoldPlaced(
             hold_id=raw["hold_id"],

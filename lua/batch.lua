@@ -8,7 +8,15 @@
 -- ARGV[2] JSON array of operations, applied in order, each all-or-nothing:
 --   {"op": "hold", ...as hold.lua}
 --   {"op": "release", ...as release.lua}
---   {"op": "confirm", ...as confirm.lua}
+--   {"op": "confirm", ...as confirm.lua; with "late": true (and "customer_id",
+--      "seats" | "section" + "quantity" in case the hold's record is gone) a hold
+--      that lapsed is sold if its seats or places are free now}
+--   {"op": "extend", "hold_id", "customer_id", "until_ms"}: a live hold is kept
+--      until until_ms (never shortened): the payment window
+--   {"op": "refund", "order_id", "hold_id", "seats" | "section" + "quantity"}:
+--      the order's seats or places go back on sale, once per order (a
+--      "refund:<order id>" field in the holds hash remembers it); appends an
+--      order_refunded entry to the outbox; fails order_not_sold
 --
 -- Returns JSON {"version", "results": [r1, r2, ...]}, one result per operation
 -- in the same order, with the codes of the single-operation scripts. All the

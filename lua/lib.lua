@@ -376,27 +376,111 @@ local function op_release(op)
   return {ok = true, hold_id = op.hold_id, released = new_status == 'released', status = new_status}
 end
 
+-- Keeps a live hold for the payment window: a later expiry, never an earlier one.
+local function op_extend(op)
+  local rec = type(op.hold_id) == 'string' and get_hold(op.hold_id)
+  if not rec or rec.c ~= op.customer_id then
+    return fail('hold_not_found', {hold_id = op.hold_id})
+  end
+  if rec.st == 'confirmed' then return fail('already_confirmed', {order_id = rec.o}) end
+  if not is_live(rec) then return fail('hold_expired', {hold_id = op.hold_id}) end
+  local until_ms = tonumber(op.until_ms)
+  if not until_ms then return fail('invalid_request', {detail = 'until_ms is required'}) end
+  if until_ms > rec.e then
+    rec.e = until_ms
+    put_hold(op.hold_id, rec)
+    redis.call('ZADD', K_EXPIRIES, rec.e, 'h:' .. op.hold_id)
+  end
+  return hold_result(op.hold_id, rec, false)
+end
+
+-- A payment for a hold that lapsed: sells the same seats (or GA places) to the
+-- order if they are free now. Seats held by an expired hold count as free.
+local function sell_late(op, rec)
+  local seats = rec and rec.seats or op.seats
+  local code = rec and rec.sec or op.section
+  local quantity = rec and rec.q or tonumber(op.quantity or 0)
+  if seats and #seats > 0 then
+    local unavailable = {}
+    for _, seat in ipairs(seats) do
+      local state = redis.call('HGET', K_SEATS, seat)
+      if state and string.sub(state, 1, 2) == 'h:' then
+        local holder_id = string.sub(state, 3)
+        local holder = get_hold(holder_id)
+        if holder and is_live(holder) then
+          table.insert(unavailable, seat)
+        elseif holder and holder.st == 'held' then
+          end_hold(holder_id, holder, 'expired')
+        end
+      elseif state ~= 'a' then
+        table.insert(unavailable, seat)
+      end
+    end
+    if #unavailable > 0 then return fail('seats_unavailable', {unavailable = unavailable}) end
+    for _, seat in ipairs(seats) do
+      redis.call('HSET', K_SEATS, seat, 's:' .. op.order_id)
+      bump(section_of(seat), 'sold', 1)
+      seat_changed(seat, 'sold')
+    end
+    quantity = #seats
+  else
+    if not code or not section(code) or quantity < 1 then
+      return fail('invalid_request', {detail = 'a late sale needs its seats or section and quantity'})
+    end
+    local function available()
+      return counter(code, 'cap') - counter(code, 'held') - counter(code, 'sold')
+    end
+    if available() < quantity then
+      reclaim_expired(RECLAIM_PER_CALL * 4)
+      if available() < quantity then
+        return fail('sold_out', {section = code, available = math.max(available(), 0)})
+      end
+    end
+    bump(code, 'sold', quantity)
+  end
+  local customer = rec and rec.c or (op.customer_id or '')
+  if customer ~= '' then
+    redis.call('HINCRBY', K_CUSTOMERS, customer .. ':sold', quantity)
+  end
+  local new = rec or {c = customer, q = quantity, seats = seats, sec = code}
+  new.st, new.o, new.e = 'confirmed', op.order_id, NOW
+  put_hold(op.hold_id, new)
+  redis.call('ZREM', K_EXPIRIES, 'h:' .. op.hold_id)
+  redis.call('ZADD', K_EXPIRIES, NOW + RECORD_RETENTION_MS, 'g:' .. op.hold_id)
+  return nil, new
+end
+
 local function op_confirm(op)
   if type(op.order_id) ~= 'string' or op.order_id == '' then
     return fail('invalid_request', {detail = 'order_id is required'})
   end
   local rec = type(op.hold_id) == 'string' and get_hold(op.hold_id)
-  if not rec then return fail('hold_expired', {hold_id = op.hold_id}) end
-  if rec.st == 'confirmed' then
+  if not rec then
+    if not op.late then return fail('hold_expired', {hold_id = op.hold_id}) end
+    if meta_field('status') == 'cancelled' then
+      return fail('event_not_on_sale', {status = 'cancelled'})
+    end
+    local refused, made = sell_late(op, nil)
+    if refused then return refused end
+    rec = made
+  elseif rec.st == 'confirmed' then
     if rec.o == op.order_id then
       return {ok = true, hold_id = op.hold_id, order_id = rec.o, replayed = true}
     end
     return fail('already_confirmed', {order_id = rec.o})
+  else
+    if meta_field('status') == 'cancelled' then
+      return fail('event_not_on_sale', {status = 'cancelled'})
+    end
+    if rec.st == 'held' and rec.e <= NOW then end_hold(op.hold_id, rec, 'expired') end
+    if rec.st ~= 'held' then
+      if not op.late then return fail('hold_expired', {hold_id = op.hold_id}) end
+      local refused = sell_late(op, rec)
+      if refused then return refused end
+    else
+      end_hold(op.hold_id, rec, 'confirmed', op.order_id)
+    end
   end
-  if rec.st ~= 'held' then return fail('hold_expired', {hold_id = op.hold_id}) end
-  if rec.e <= NOW then
-    end_hold(op.hold_id, rec, 'expired')
-    return fail('hold_expired', {hold_id = op.hold_id})
-  end
-  if meta_field('status') == 'cancelled' then
-    return fail('event_not_on_sale', {status = 'cancelled'})
-  end
-  end_hold(op.hold_id, rec, 'confirmed', op.order_id)
   local entry_id = redis.call('XADD', K_OUTBOX, '*',
     'type', 'order_confirmed',
     'event_id', meta_field('event_id'),
@@ -412,7 +496,62 @@ local function op_confirm(op)
           outbox_id = entry_id}
 end
 
-local OPERATIONS = {hold = op_hold, release = op_release, confirm = op_confirm}
+-- Returns a sale to the pool: the order's seats (those still sold to it) or
+-- its GA places. Once per order: a marker in the holds hash, never reclaimed,
+-- makes a second refund a replay.
+local function op_refund(op)
+  if type(op.order_id) ~= 'string' or op.order_id == '' then
+    return fail('invalid_request', {detail = 'order_id is required'})
+  end
+  local marker = 'refund:' .. op.order_id
+  if redis.call('HEXISTS', K_HOLDS, marker) == 1 then
+    return {ok = true, order_id = op.order_id, replayed = true}
+  end
+  local rec = type(op.hold_id) == 'string' and get_hold(op.hold_id)
+  if rec and not (rec.st == 'confirmed' and rec.o == op.order_id) then rec = nil end
+  local seats = (rec and rec.seats) or op.seats
+  local freed = 0
+  if seats and #seats > 0 then
+    for _, seat in ipairs(seats) do
+      if redis.call('HGET', K_SEATS, seat) == 's:' .. op.order_id then
+        redis.call('HSET', K_SEATS, seat, 'a')
+        bump(section_of(seat), 'sold', -1)
+        seat_changed(seat, 'available')
+        freed = freed + 1
+      end
+    end
+  else
+    local code = (rec and rec.sec) or op.section
+    local quantity = (rec and rec.q) or tonumber(op.quantity or 0)
+    if not rec and (not op.sold_confirmed) then
+      return fail('order_not_sold', {order_id = op.order_id})
+    end
+    if code and section(code) and quantity > 0 then
+      freed = math.min(quantity, counter(code, 'sold'))
+      bump(code, 'sold', -freed)
+    end
+  end
+  if freed == 0 then return fail('order_not_sold', {order_id = op.order_id}) end
+  if rec then
+    redis.call('HINCRBY', K_CUSTOMERS, rec.c .. ':sold', -freed)
+    rec.st = 'refunded'
+    put_hold(op.hold_id, rec)
+  end
+  redis.call('HSET', K_HOLDS, marker, NOW)
+  redis.call('XADD', K_OUTBOX, '*',
+    'type', 'order_refunded',
+    'event_id', meta_field('event_id'),
+    'order_id', op.order_id,
+    'hold_id', op.hold_id or '',
+    'seats', seats and table.concat(seats, ',') or '',
+    'section', (rec and rec.sec) or op.section or '',
+    'quantity', freed,
+    'refunded_at_ms', NOW)
+  return {ok = true, order_id = op.order_id, replayed = false}
+end
+
+local OPERATIONS = {hold = op_hold, release = op_release, confirm = op_confirm,
+                    extend = op_extend, refund = op_refund}
 
 -- Applies ops in order, each all-or-nothing, and publishes one change set.
 -- `allowed` limits which operations this script accepts (nil: all).

@@ -176,6 +176,8 @@ class Order(Base):
     # [{"seat": "A-1-1" | "section": "FLOOR", "quantity": n, "price_cents": p}]
     items: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # e.g. "seats_resold" for a late payment refunded automatically
+    status_reason: Mapped[str | None] = mapped_column(String(64))
 
 
 class Ticket(Base):

@@ -8,6 +8,7 @@ confirmed is recorded even if this row came late or never.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -44,6 +45,7 @@ class OrderRecord:
     expires_at: datetime | None
     confirmed_at: datetime | None
     refunded_at: datetime | None
+    status_reason: str | None = None
     tickets: tuple[TicketRecord, ...] = ()
 
 
@@ -53,8 +55,10 @@ class OrderExists(Exception):
         self.order_id = order_id
 
 
-def new_order_id() -> str:
-    return "or_" + uuid.uuid4().hex[:20]
+def order_id_for(hold_id: str) -> str:
+    """One order per hold, with an id known before anything is written: a
+    retried checkout (and its PaymentIntent) lands on the same order."""
+    return "or_" + hashlib.sha256(hold_id.encode()).hexdigest()[:20]
 
 
 async def create_order(
@@ -115,6 +119,7 @@ def _order(row: Any, tickets: tuple[TicketRecord, ...] = ()) -> OrderRecord:
         expires_at=row.expires_at,
         confirmed_at=row.confirmed_at,
         refunded_at=row.refunded_at,
+        status_reason=row.status_reason,
         tickets=tickets,
     )
 

@@ -87,6 +87,9 @@ async def _add_unwritten_outbox(
     entries: Any = await scripts.redis.xrange(EventKeys(event_id).outbox)
     for _, raw in entries:
         fields = {k.decode(): v.decode() for k, v in raw.items()}
+        if fields.get("type") == "order_refunded":
+            _unsell(sold, fields)
+            continue
         if fields.get("type") != "order_confirmed" or fields["order_id"] in written:
             continue
         written.add(fields["order_id"])
@@ -99,3 +102,15 @@ async def _add_unwritten_outbox(
             general[fields["section"]] = general.get(fields["section"], 0) + quantity
         customers = sold["customers"]
         customers[fields["customer_id"]] = customers.get(fields["customer_id"], 0) + quantity
+
+
+def _unsell(sold: dict[str, Any], fields: dict[str, str]) -> None:
+    """A refund the writer has not recorded yet: its seats or places are free."""
+    order_id, quantity = fields["order_id"], int(fields["quantity"])
+    if fields["seats"]:
+        for seat in fields["seats"].split(","):
+            if sold["seats"].get(seat) == order_id:
+                del sold["seats"][seat]
+    elif fields["section"]:
+        general = sold["general"]
+        general[fields["section"]] = max(0, general.get(fields["section"], 0) - quantity)

@@ -117,6 +117,47 @@ async def write_entries(
     only by the write that recorded it. ``copy=False`` inserts tickets with a
     plain INSERT instead (the benchmark's one-order-at-a-time reference).
     """
+    recorded = await _write_confirmations(conn, entries, copy=copy)
+    await _write_refunds(conn, entries)
+    return recorded
+
+
+REFUND_ORDERS = """
+UPDATE orders AS o SET status = 'refunded', refunded_at = to_timestamp(r.at_ms / 1000.0)
+FROM unnest($1::text[], $2::bigint[]) AS r(id, at_ms)
+WHERE o.id = r.id AND o.status = 'paid'
+RETURNING o.id
+"""
+
+REFUND_TICKETS = """
+UPDATE tickets SET status = 'refunded' WHERE order_id = ANY($1::text[]) AND status = 'valid'
+RETURNING event_id, section_code
+"""
+
+
+async def _write_refunds(conn: AsyncConnection, entries: Sequence[Entry]) -> None:
+    """Refunds after the confirmations of the same batch (a refund always
+    follows its sale in the stream). A paid order becomes refunded once, its
+    tickets are revoked and its sections' sold counts go down by as many."""
+    refunds = {e.order_id: e for e in entries if e.fields.get("type") == "order_refunded"}
+    if not refunds:
+        return
+    ids = list(refunds)
+    at_ms = [int(refunds[i].fields.get("refunded_at_ms") or 0) for i in ids]
+    refunded = list((await conn.exec_driver_sql(REFUND_ORDERS, (ids, at_ms))).scalars())
+    if not refunded:
+        return  # redelivered: already written
+    raw = (await conn.get_raw_connection()).driver_connection
+    assert raw is not None and raw.is_in_transaction()
+    revoked = await raw.fetch(REFUND_TICKETS, refunded)
+    per_section = Counter((r["event_id"], r["section_code"]) for r in revoked)
+    for (event_id, code), n in sorted(per_section.items()):
+        await raw.fetchrow(SECTION_SOLD, event_id, code, -n)
+
+
+async def _write_confirmations(
+    conn: AsyncConnection, entries: Sequence[Entry], *, copy: bool
+) -> int:
     by_order = {e.order_id: e for e in entries if e.fields.get("type") == "order_confirmed"}
     if not by_order:
         return 0

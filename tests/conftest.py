@@ -19,6 +19,7 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from api.localstripe import EmbeddedStripe, test_key
 from engine import runtime
 from engine.client import EngineClient
 from engine.model import GeneralSection, SeatedSection
@@ -98,11 +99,25 @@ async def db(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 @dataclass(frozen=True)
 class LiveApi:
-    """`onsale serve` in a subprocess, on the session's Redis, Postgres and Ray."""
+    """`onsale serve` in a subprocess, on the session's Redis, Postgres and Ray,
+    with localstripe as its Stripe (webhooks delivered to it over HTTP)."""
 
     base_url: str
     jwt_secret: str
     data_dir: Path
+    stripe_api_base: str
+    stripe_key: str
+    webhook_secret: str
+
+
+@pytest.fixture(scope="session")
+def localstripe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStripe]:
+    server = EmbeddedStripe(tmp_path_factory.mktemp("localstripe"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -110,12 +125,15 @@ def live_api(
     redis_url: str,
     database_url: str,
     ray_local: str,
+    localstripe: EmbeddedStripe,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[LiveApi]:
     migrate.upgrade(database_url)
     data_dir = tmp_path_factory.mktemp("live-api")
     port = free_port()
     secret = secrets.token_urlsafe(32)
+    stripe_key, webhook_secret = test_key(), "whsec_" + secrets.token_hex(16)
+    localstripe.register_webhook(f"http://127.0.0.1:{port}/webhooks/stripe", webhook_secret)
     env = {
         **os.environ,
         "ONSALE_REDIS_URL": redis_url,
@@ -126,10 +144,20 @@ def live_api(
         "ONSALE_JWT_SECRET": secret,
         "ONSALE_RATE_LIMITS": "off",
         "ONSALE_LOG_LEVEL": "WARNING",
+        "STRIPE_SECRET_KEY": stripe_key,
+        "STRIPE_WEBHOOK_SECRET": webhook_secret,
+        "ONSALE_STRIPE_API_BASE": localstripe.url,
+        "ONSALE_PAYMENT_WINDOW_S": "20",  # short, so a test can see an unpaid hold lapse
     }
     log = (data_dir / "server.log").open("wb")
     server = subprocess.Popen(
         [str(Path(sys.executable).with_name("onsale")), "serve", "--workers", "2"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    writer = subprocess.Popen(  # confirmed sales reach Postgres, as under `onsale up`
+        [str(Path(sys.executable).with_name("onsale")), "writer"],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -146,12 +174,13 @@ def live_api(
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        yield LiveApi(base_url, secret, data_dir)
+        yield LiveApi(base_url, secret, data_dir, localstripe.url, stripe_key, webhook_secret)
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        for process in (writer, server):
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
         log.close()

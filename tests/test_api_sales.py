@@ -868,9 +868,13 @@ async def test_order_for_a_hold_awaits_payment(
     assert body["order_id"] and body["status"] == "pending_payment"
     assert (body["event_id"], body["hold_id"]) == (event["id"], placed["hold_id"])
     assert (body["amount_cents"], body["currency"]) == (9000, "EUR")
-    assert datetime.fromisoformat(body["expires_at"]) == datetime.fromisoformat(
-        placed["expires_at"]
-    )
+    # The hold is kept for the payment window (15 min by default), not forever,
+    # and the order expires with it.
+    extended = (await http.get(f"/holds/{placed['hold_id']}", headers=buyer.auth)).json()
+    assert body["expires_at"] == extended["expires_at"]
+    order_expiry = datetime.fromisoformat(body["expires_at"])
+    assert order_expiry > datetime.fromisoformat(placed["expires_at"])
+    assert order_expiry <= datetime.now(UTC) + timedelta(seconds=900)
     assert sorted(body["items"], key=lambda i: i["seat"]) == [
         {"seat": "A-1-1", "section": "A", "quantity": 1, "price_cents": 4500},
         {"seat": "A-1-2", "section": "A", "quantity": 1, "price_cents": 4500},

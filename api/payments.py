@@ -1,0 +1,82 @@
+"""Stripe, through the official library: PaymentIntents, refunds, webhooks.
+
+The library is synchronous; calls run in a worker thread so an API worker's
+event loop never waits on Stripe. ``ONSALE_STRIPE_API_BASE`` points it at
+localstripe in the embedded default and in tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import stripe
+
+
+class PaymentsUnavailable(Exception):
+    """Stripe could not be reached or refused for a reason of its own."""
+
+
+class InvalidSignature(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Intent:
+    id: str
+    client_secret: str | None
+    status: str
+
+
+class Payments:
+    provider = "stripe"
+
+    def __init__(self, secret_key: str, webhook_secret: str, api_base: str | None = None) -> None:
+        self._client = stripe.StripeClient(
+            secret_key,
+            base_addresses={"api": api_base} if api_base else {},
+            max_network_retries=2,
+        )
+        self._webhook_secret = webhook_secret
+
+    async def create_intent(
+        self, *, order_id: str, event_id: str, amount_cents: int, currency: str
+    ) -> Intent:
+        """One PaymentIntent per order: the idempotency key is the order id, so
+        a retried checkout never creates a second one."""
+        intent = await self._call(
+            self._client.v1.payment_intents.create,
+            params={
+                "amount": amount_cents,
+                "currency": currency.lower(),
+                "payment_method_types": ["card"],
+                "metadata": {"order_id": order_id, "event_id": event_id},
+            },
+            options={"idempotency_key": f"onsale-order-{order_id}"},
+        )
+        return Intent(intent.id, intent.client_secret, intent.status)
+
+    async def refund(self, payment_intent_id: str, *, reason_key: str) -> str:
+        """Refunds the whole payment once per ``reason_key``; returns Stripe's status."""
+        refund = await self._call(
+            self._client.v1.refunds.create,
+            params={"payment_intent": payment_intent_id},
+            options={"idempotency_key": f"onsale-refund-{payment_intent_id}-{reason_key}"},
+        )
+        return str(refund.status)
+
+    def verify(self, payload: bytes, signature: str | None) -> dict[str, Any]:
+        """The event, if ``Stripe-Signature`` is Stripe's (or localstripe's) for
+        this payload and recent; raises InvalidSignature otherwise."""
+        try:
+            event = stripe.Webhook.construct_event(payload, signature or "", self._webhook_secret)
+        except (stripe.SignatureVerificationError, ValueError) as exc:
+            raise InvalidSignature(str(exc)) from exc
+        return dict(event.to_dict())
+
+    async def _call(self, method: Any, **kwargs: Any) -> Any:
+        try:
+            return await asyncio.to_thread(method, **kwargs)
+        except stripe.StripeError as exc:
+            raise PaymentsUnavailable(str(exc)) from exc
