@@ -285,6 +285,29 @@ local function settle_customer(customer)
   end
 end
 
+-- The seats of `seats` that are not free. A seat held by a hold whose time is
+-- up counts as free: that hold is ended (expired) on the way.
+local function unavailable_seats(seats)
+  local unavailable = {}
+  for _, seat in ipairs(seats) do
+    local state = redis.call('HGET', K_SEATS, seat)
+    if state and string.sub(state, 1, 2) == 'h:' then
+      local holder_id = string.sub(state, 3)
+      local holder = get_hold(holder_id)
+      if holder and is_live(holder) then
+        table.insert(unavailable, seat)
+      elseif holder and holder.st == 'held' then
+        end_hold(holder_id, holder, 'expired')
+      else
+        redis.call('HSET', K_SEATS, seat, 'a')
+      end
+    elseif state ~= 'a' then
+      table.insert(unavailable, seat)
+    end
+  end
+  return unavailable
+end
+
 local function op_hold(op)
   local status = meta_field('status')
   if not status then return fail('event_not_found') end
@@ -312,23 +335,7 @@ local function op_hold(op)
   end
 
   if op.seats then
-    local unavailable = {}
-    for _, seat in ipairs(op.seats) do
-      local state = redis.call('HGET', K_SEATS, seat)
-      if string.sub(state, 1, 2) == 'h:' then
-        local holder_id = string.sub(state, 3)
-        local holder = get_hold(holder_id)
-        if holder and is_live(holder) then
-          table.insert(unavailable, seat)
-        elseif holder and holder.st == 'held' then
-          end_hold(holder_id, holder, 'expired')
-        else
-          redis.call('HSET', K_SEATS, seat, 'a')
-        end
-      elseif state ~= 'a' then
-        table.insert(unavailable, seat)
-      end
-    end
+    local unavailable = unavailable_seats(op.seats)
     if #unavailable > 0 then return fail('seats_unavailable', {unavailable = unavailable}) end
     for _, seat in ipairs(op.seats) do
       redis.call('HSET', K_SEATS, seat, 'h:' .. op.hold_id)
@@ -401,21 +408,7 @@ local function sell_late(op, rec)
   local code = rec and rec.sec or op.section
   local quantity = rec and rec.q or tonumber(op.quantity or 0)
   if seats and #seats > 0 then
-    local unavailable = {}
-    for _, seat in ipairs(seats) do
-      local state = redis.call('HGET', K_SEATS, seat)
-      if state and string.sub(state, 1, 2) == 'h:' then
-        local holder_id = string.sub(state, 3)
-        local holder = get_hold(holder_id)
-        if holder and is_live(holder) then
-          table.insert(unavailable, seat)
-        elseif holder and holder.st == 'held' then
-          end_hold(holder_id, holder, 'expired')
-        end
-      elseif state ~= 'a' then
-        table.insert(unavailable, seat)
-      end
-    end
+    local unavailable = unavailable_seats(seats)
     if #unavailable > 0 then return fail('seats_unavailable', {unavailable = unavailable}) end
     for _, seat in ipairs(seats) do
       redis.call('HSET', K_SEATS, seat, 's:' .. op.order_id)
