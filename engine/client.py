@@ -199,7 +199,10 @@ class EngineClient:
         quantity: int = 0,
     ) -> SaleConfirmed:
         """Sells the hold to ``order_id`` (once: a retry is answered as a
-        replay). ``late``: the hold lapsed; sell its seats if still free."""
+        replay). ``late``: a payment after the hold lapsed; sell the same seats
+        or GA places now if they are free (SeatsUnavailable / SoldOut if not).
+        ``customer_id``, ``seats`` or ``section`` + ``quantity`` (the order's
+        own copy) are used only if Redis has forgotten the hold's record."""
         command = ConfirmHold(
             hold_id,
             order_id,
@@ -229,7 +232,11 @@ class EngineClient:
         section: str | None = None,
         quantity: int = 0,
     ) -> SaleRefunded:
-        """Returns the order's seats or GA places to sale (once per order)."""
+        """Returns the order's seats or GA places to sale, once per order (a
+        retry answers ``replayed``); OrderNotSold if the engine has no such
+        sale. The hold's record says what was sold while Redis keeps it; the
+        seats or section + quantity given here are used once it is gone (for
+        GA on the caller's word that the order was paid)."""
         command = RefundSale(order_id, hold_id, tuple(seats) if seats else None, section, quantity)
         return _expect(await self.submit(event_id, command), SaleRefunded)
 

@@ -118,17 +118,19 @@ class ReleaseHold:
 @dataclass(frozen=True)
 class ConfirmHold:
     """Sells a hold to an order. ``late``: the payment came after the hold
-    lapsed; sell the same seats (or GA places, given here in case the hold's
-    record is gone) if they are free now."""
+    lapsed; sell the same seats (or GA places) to the order if they are free
+    now. ``customer_id``, ``seats`` or ``section`` + ``quantity`` are the
+    order's own copy, used only if Redis has forgotten the hold's record; they
+    are sent only when ``late``."""
 
     hold_id: str
     order_id: str
     meta: dict[str, Any] = field(default_factory=dict)
     late: bool = False
-    customer_id: str = ""
     seats: tuple[str, ...] | None = None
     section: str | None = None
     quantity: int = 0
+    customer_id: str = ""
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {
@@ -165,13 +167,19 @@ class ExtendHold:
 
 @dataclass(frozen=True)
 class RefundSale:
-    """Returns an order's seats or GA places to sale, once per order."""
+    """Returns an order's seats or GA places to sale, once per order.
+
+    The hold's record (while Redis keeps it) says what was sold; otherwise the
+    seats still sold to ``order_id`` do, and for general admission the caller's
+    word: ``sold_confirmed`` (the API refunds only orders Postgres has paid).
+    Without it, a GA refund with no record fails ``order_not_sold``."""
 
     order_id: str
     hold_id: str
     seats: tuple[str, ...] | None = None
     section: str | None = None
     quantity: int = 0
+    sold_confirmed: bool = True
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {
@@ -179,7 +187,7 @@ class RefundSale:
             "order_id": self.order_id,
             "hold_id": self.hold_id,
             "quantity": self.quantity,
-            "sold_confirmed": True,
+            "sold_confirmed": self.sold_confirmed,
         }
         if self.seats:
             wire["seats"] = list(self.seats)

@@ -1,4 +1,5 @@
--- batch.lua — apply many holds, releases and confirmations in one call.
+-- batch.lua — apply many holds, releases, confirmations, extensions and
+-- refunds in one call.
 --
 -- The event actor sends everything that arrived within its batching window
 -- here, so a crowd of buyers costs one round trip, not one each.
@@ -8,15 +9,23 @@
 -- ARGV[2] JSON array of operations, applied in order, each all-or-nothing:
 --   {"op": "hold", ...as hold.lua}
 --   {"op": "release", ...as release.lua}
---   {"op": "confirm", ...as confirm.lua; with "late": true (and "customer_id",
---      "seats" | "section" + "quantity" in case the hold's record is gone) a hold
---      that lapsed is sold if its seats or places are free now}
+--   {"op": "confirm", ...as confirm.lua}: sells a live hold
+--   {"op": "confirm", ..., "late": true, "customer_id"?, "seats"? | "section"? +
+--      "quantity"?}: a payment after the hold lapsed (expired, released, or its
+--      record gone): the same seats or GA places are sold to order_id if they
+--      are free now (a seat of an expired hold counts as free); the outbox
+--      entry carries late=1. customer_id and seats | section + quantity are
+--      only used when the hold's record is gone. Fails seats_unavailable
+--      {unavailable} or sold_out, changing nothing.
 --   {"op": "extend", "hold_id", "customer_id", "until_ms"}: a live hold is kept
---      until until_ms (never shortened): the payment window
---   {"op": "refund", "order_id", "hold_id", "seats" | "section" + "quantity"}:
---      the order's seats or places go back on sale, once per order (a
---      "refund:<order id>" field in the holds hash remembers it); appends an
---      order_refunded entry to the outbox; fails order_not_sold
+--      until until_ms (never shortened): the payment window. Returns the hold
+--      as "hold" does; fails hold_not_found, hold_expired, already_confirmed
+--   {"op": "refund", "order_id", "hold_id", "seats" | "section" + "quantity",
+--      "sold_confirmed"?}: the order's seats (those still sold to it) or GA
+--      places go back on sale, once per order (a "refund:<order id>" field in
+--      the holds hash, never forgotten, makes a retry a replay); appends an
+--      order_refunded entry to the outbox; fails order_not_sold. Any event
+--      status. Without the hold's record, GA places need sold_confirmed=true
 --
 -- Returns JSON {"version", "results": [r1, r2, ...]}, one result per operation
 -- in the same order, with the codes of the single-operation scripts. All the

@@ -10,10 +10,33 @@
 --   3 {ev:<id>}:sections   hash   "codes" -> "A,FLOOR"; "<code>:kind" -> seated|general,
 --                                 "<code>:cap", "<code>:held", "<code>:sold"
 --   4 {ev:<id>}:holds      hash   hold id -> JSON {c, q, e, st, seats? | sec?, o?}
+--                                 (st: held | released | expired | confirmed | refunded);
+--                                 "refund:<order id>" -> refund time (ms), kept for good
 --   5 {ev:<id>}:expiries   zset   "h:<hold id>" scored by expiry (ms),
 --                                 "g:<hold id>" scored by when its record may be forgotten
 --   6 {ev:<id>}:customers  hash   "<customer>:held", "<customer>:sold", "<customer>:holds"
---   7 {ev:<id>}:outbox     stream confirmed sales, read by the Postgres writer
+--   7 {ev:<id>}:outbox     stream confirmed sales (order_confirmed) and refunds
+--                                 (order_refunded), read by the Postgres writer
+--
+-- Operations (OPERATIONS, applied by run(); one JSON object each):
+--   hold     {hold_id, customer_id, ttl_ms, seats | section + quantity}
+--   release  {hold_id, customer_id?}
+--   confirm  {hold_id, order_id, meta?} sells a live hold; outbox order_confirmed.
+--            With late=true (a payment that came after the hold lapsed): if the
+--            hold is expired or released (or its record is gone), the same seats
+--            or GA places are sold to order_id if they are free now, and the
+--            outbox entry carries late=1. customer_id and seats | section +
+--            quantity are only used when the record is gone.
+--            Fails seats_unavailable {unavailable} / sold_out then.
+--   extend   {hold_id, customer_id, until_ms} keeps a live hold until until_ms
+--            (never earlier than it already was): the payment window.
+--   refund   {order_id, hold_id, seats | section + quantity, sold_confirmed?}
+--            the order's seats (those still "s:<order id>") or GA places go back
+--            on sale; once per order ("refund:<order id>" in the holds hash makes
+--            a second one a replay); outbox order_refunded. Without the hold's
+--            record a GA refund is taken on the caller's word (sold_confirmed),
+--            since nothing else in Redis says which order has which places.
+--            Fails order_not_sold. Allowed whatever the event's status.
 --
 -- Time comes from the server (TIME): a hold whose expiry has passed is free to
 -- every script even if no sweep has run yet; a sweep only makes that visible.
@@ -124,7 +147,15 @@ end
 
 -- ---------------------------------------------------------------- holds
 
+-- Refund markers share the holds hash: "refund:<order id>" is never a hold.
+local REFUND_PREFIX = 'refund:'
+
+local function is_refund_marker(field)
+  return string.sub(field, 1, #REFUND_PREFIX) == REFUND_PREFIX
+end
+
 local function get_hold(hold_id)
+  if is_refund_marker(hold_id) then return nil end
   local raw = redis.call('HGET', K_HOLDS, hold_id)
   if not raw then return nil end
   return cjson.decode(raw)
@@ -206,7 +237,9 @@ local function reclaim_expired(limit)
         redis.call('ZREM', K_EXPIRIES, member)
       end
     else
-      redis.call('HDEL', K_HOLDS, hold_id)
+      if not is_refund_marker(hold_id) then  -- refund markers are kept for good
+        redis.call('HDEL', K_HOLDS, hold_id)
+      end
       redis.call('ZREM', K_EXPIRIES, member)
     end
   end
@@ -232,7 +265,7 @@ end
 local function validate_hold(op)
   if type(op.hold_id) ~= 'string' or op.hold_id == '' or string.find(op.hold_id, '%s')
      or type(op.customer_id) ~= 'string' or op.customer_id == ''
-     or string.find(op.customer_id, '[%s:]') then
+     or string.find(op.customer_id, '[%s:]') or is_refund_marker(op.hold_id) then
     return fail('invalid_request', {detail = 'hold_id and customer_id must be non-empty tokens'})
   end
   if type(op.ttl_ms) ~= 'number' or op.ttl_ms < 1 then
@@ -389,10 +422,14 @@ local function op_extend(op)
   if not rec or rec.c ~= op.customer_id then
     return fail('hold_not_found', {hold_id = op.hold_id})
   end
-  if rec.st == 'confirmed' then return fail('already_confirmed', {order_id = rec.o}) end
+  if rec.st == 'confirmed' or rec.st == 'refunded' then
+    return fail('already_confirmed', {order_id = rec.o})
+  end
   if not is_live(rec) then return fail('hold_expired', {hold_id = op.hold_id}) end
-  local until_ms = tonumber(op.until_ms)
-  if not until_ms then return fail('invalid_request', {detail = 'until_ms is required'}) end
+  if type(op.until_ms) ~= 'number' then
+    return fail('invalid_request', {detail = 'until_ms must be a time in ms'})
+  end
+  local until_ms = math.floor(op.until_ms)
   if until_ms > rec.e then
     rec.e = until_ms
     put_hold(op.hold_id, rec)
@@ -401,46 +438,107 @@ local function op_extend(op)
   return hold_result(op.hold_id, rec, false)
 end
 
+-- Checks a list of seat ids given by a caller (not taken from a hold record).
+local function check_seat_list(seats)
+  if type(seats) ~= 'table' or #seats == 0 then
+    return fail('invalid_request', {detail = 'seats must be a non-empty list'})
+  end
+  if #seats > MAX_SEATS_PER_HOLD then
+    return fail('invalid_request', {detail = 'too many seats in one order'})
+  end
+  local seen, duplicate = {}, {}
+  for _, seat in ipairs(seats) do
+    if type(seat) ~= 'string' then
+      return fail('invalid_request', {detail = 'seat ids are strings'})
+    end
+    if seen[seat] then table.insert(duplicate, seat) end
+    seen[seat] = true
+  end
+  if #duplicate > 0 then return fail('duplicate_seat', {seats = duplicate}) end
+  return nil
+end
+
+-- What a late sale sells when the hold's record is gone: the caller's copy.
+local function late_fallback(op)
+  local customer = op.customer_id or ''
+  if type(customer) ~= 'string' or string.find(customer, '[%s:]') then
+    return fail('invalid_request', {detail = 'customer_id must be a token'})
+  end
+  if op.seats ~= nil then
+    local invalid = check_seat_list(op.seats)
+    if invalid then return invalid end
+    local unknown = {}
+    for _, seat in ipairs(op.seats) do
+      if redis.call('HEXISTS', K_SEATS, seat) == 0 then table.insert(unknown, seat) end
+    end
+    if #unknown > 0 then return fail('unknown_seat', {seats = unknown}) end
+    return nil, {c = customer, q = #op.seats, seats = op.seats}
+  end
+  if type(op.section) ~= 'string' then
+    return fail('invalid_request',
+                {detail = 'a late sale of a forgotten hold needs its seats, or section and quantity'})
+  end
+  local target = section(op.section)
+  if not target then return fail('unknown_section', {section = op.section}) end
+  if target.kind ~= 'general' then return fail('wrong_section_kind', {section = op.section}) end
+  local q = op.quantity
+  if type(q) ~= 'number' or q < 1 or q ~= math.floor(q) then
+    return fail('invalid_quantity', {section = op.section})
+  end
+  return nil, {c = customer, q = q, sec = op.section}
+end
+
 -- A payment for a hold that lapsed: sells the same seats (or GA places) to the
--- order if they are free now. Seats held by an expired hold count as free.
+-- order if they are free now. A seat held by an expired hold counts as free
+-- (that hold is ended first, as in op_hold). `rec` is the hold's record (not
+-- held any more), or a new one from late_fallback; it becomes confirmed.
 local function sell_late(op, rec)
-  local seats = rec and rec.seats or op.seats
-  local code = rec and rec.sec or op.section
-  local quantity = rec and rec.q or tonumber(op.quantity or 0)
-  if seats and #seats > 0 then
-    local unavailable = unavailable_seats(seats)
+  if rec.seats then
+    local unavailable = {}
+    for _, seat in ipairs(rec.seats) do
+      local state = redis.call('HGET', K_SEATS, seat)
+      if state and string.sub(state, 1, 2) == 'h:' then
+        local holder_id = string.sub(state, 3)
+        local holder = get_hold(holder_id)
+        if holder and is_live(holder) then
+          table.insert(unavailable, seat)
+        elseif holder and holder.st == 'held' then
+          end_hold(holder_id, holder, 'expired')
+        else
+          redis.call('HSET', K_SEATS, seat, 'a')
+        end
+      elseif state ~= 'a' then
+        table.insert(unavailable, seat)
+      end
+    end
     if #unavailable > 0 then return fail('seats_unavailable', {unavailable = unavailable}) end
-    for _, seat in ipairs(seats) do
+    for _, seat in ipairs(rec.seats) do
       redis.call('HSET', K_SEATS, seat, 's:' .. op.order_id)
       bump(section_of(seat), 'sold', 1)
       seat_changed(seat, 'sold')
     end
-    quantity = #seats
   else
-    if not code or not section(code) or quantity < 1 then
-      return fail('invalid_request', {detail = 'a late sale needs its seats or section and quantity'})
-    end
+    local code = rec.sec
     local function available()
       return counter(code, 'cap') - counter(code, 'held') - counter(code, 'sold')
     end
-    if available() < quantity then
+    if available() < rec.q then
       reclaim_expired(RECLAIM_PER_CALL * 4)
-      if available() < quantity then
+      if available() < rec.q then
         return fail('sold_out', {section = code, available = math.max(available(), 0)})
       end
     end
-    bump(code, 'sold', quantity)
+    bump(code, 'sold', rec.q)
   end
-  local customer = rec and rec.c or (op.customer_id or '')
-  if customer ~= '' then
-    redis.call('HINCRBY', K_CUSTOMERS, customer .. ':sold', quantity)
+  if rec.c ~= '' then
+    redis.call('HINCRBY', K_CUSTOMERS, rec.c .. ':sold', rec.q)
   end
-  local new = rec or {c = customer, q = quantity, seats = seats, sec = code}
-  new.st, new.o, new.e = 'confirmed', op.order_id, NOW
-  put_hold(op.hold_id, new)
+  rec.st, rec.o = 'confirmed', op.order_id
+  if rec.e == nil then rec.e = NOW end
+  put_hold(op.hold_id, rec)
   redis.call('ZREM', K_EXPIRIES, 'h:' .. op.hold_id)
   redis.call('ZADD', K_EXPIRIES, NOW + RECORD_RETENTION_MS, 'g:' .. op.hold_id)
-  return nil, new
+  return nil
 end
 
 local function op_confirm(op)
@@ -448,33 +546,51 @@ local function op_confirm(op)
     return fail('invalid_request', {detail = 'order_id is required'})
   end
   local rec = type(op.hold_id) == 'string' and get_hold(op.hold_id)
-  if not rec then
-    if not op.late then return fail('hold_expired', {hold_id = op.hold_id}) end
-    if meta_field('status') == 'cancelled' then
-      return fail('event_not_on_sale', {status = 'cancelled'})
-    end
-    local refused, made = sell_late(op, nil)
-    if refused then return refused end
-    rec = made
-  elseif rec.st == 'confirmed' then
+  if rec and (rec.st == 'confirmed' or rec.st == 'refunded') then
     if rec.o == op.order_id then
       return {ok = true, hold_id = op.hold_id, order_id = rec.o, replayed = true}
     end
     return fail('already_confirmed', {order_id = rec.o})
-  else
+  end
+  local late = false
+  if op.late ~= true then
+    if not rec then return fail('hold_expired', {hold_id = op.hold_id}) end
+    if rec.st ~= 'held' then return fail('hold_expired', {hold_id = op.hold_id}) end
+    if rec.e <= NOW then
+      end_hold(op.hold_id, rec, 'expired')
+      return fail('hold_expired', {hold_id = op.hold_id})
+    end
     if meta_field('status') == 'cancelled' then
       return fail('event_not_on_sale', {status = 'cancelled'})
     end
-    if rec.st == 'held' and rec.e <= NOW then end_hold(op.hold_id, rec, 'expired') end
-    if rec.st ~= 'held' then
-      if not op.late then return fail('hold_expired', {hold_id = op.hold_id}) end
+    end_hold(op.hold_id, rec, 'confirmed', op.order_id)
+  else
+    local status = meta_field('status')
+    if not status then return fail('event_not_found') end
+    if type(op.hold_id) ~= 'string' or op.hold_id == '' or string.find(op.hold_id, '%s')
+       or is_refund_marker(op.hold_id) then
+      return fail('invalid_request', {detail = 'hold_id must be a non-empty token'})
+    end
+    if rec and rec.st == 'held' and rec.e <= NOW then end_hold(op.hold_id, rec, 'expired') end
+    if status == 'cancelled' then return fail('event_not_on_sale', {status = status}) end
+    if rec and rec.st == 'held' then
+      end_hold(op.hold_id, rec, 'confirmed', op.order_id)  -- still live: a plain confirm
+    else
+      if not rec and redis.call('HEXISTS', K_HOLDS, REFUND_PREFIX .. op.order_id) == 1 then
+        -- sold and refunded, and the hold's record forgotten since: never sold again
+        return {ok = true, hold_id = op.hold_id, order_id = op.order_id, replayed = true}
+      end
+      if not rec then
+        local invalid, made = late_fallback(op)
+        if invalid then return invalid end
+        rec = made
+      end
       local refused = sell_late(op, rec)
       if refused then return refused end
-    else
-      end_hold(op.hold_id, rec, 'confirmed', op.order_id)
+      late = true
     end
   end
-  local entry_id = redis.call('XADD', K_OUTBOX, '*',
+  local fields = {
     'type', 'order_confirmed',
     'event_id', meta_field('event_id'),
     'order_id', op.order_id,
@@ -484,60 +600,81 @@ local function op_confirm(op)
     'section', rec.sec or '',
     'quantity', rec.q,
     'confirmed_at_ms', NOW,
-    'meta', cjson.encode(op.meta or {}))
+    'meta', cjson.encode(op.meta or {})}
+  if late then
+    table.insert(fields, 'late')
+    table.insert(fields, '1')
+  end
+  local entry_id = redis.call('XADD', K_OUTBOX, '*', unpack(fields))
   return {ok = true, hold_id = op.hold_id, order_id = op.order_id, replayed = false,
           outbox_id = entry_id}
 end
 
 -- Returns a sale to the pool: the order's seats (those still sold to it) or
--- its GA places. Once per order: a marker in the holds hash, never reclaimed,
--- makes a second refund a replay.
+-- its GA places. Once per order: a "refund:<order id>" field in the holds hash,
+-- never reclaimed, makes a second refund a replay.
 local function op_refund(op)
-  if type(op.order_id) ~= 'string' or op.order_id == '' then
+  if type(op.order_id) ~= 'string' or op.order_id == '' or string.find(op.order_id, '%s') then
     return fail('invalid_request', {detail = 'order_id is required'})
   end
-  local marker = 'refund:' .. op.order_id
+  local marker = REFUND_PREFIX .. op.order_id
   if redis.call('HEXISTS', K_HOLDS, marker) == 1 then
     return {ok = true, order_id = op.order_id, replayed = true}
   end
-  local rec = type(op.hold_id) == 'string' and get_hold(op.hold_id)
+  local rec = type(op.hold_id) == 'string' and op.hold_id ~= '' and get_hold(op.hold_id)
   if rec and not (rec.st == 'confirmed' and rec.o == op.order_id) then rec = nil end
-  local seats = (rec and rec.seats) or op.seats
-  local freed = 0
-  if seats and #seats > 0 then
+  local seats, code, quantity
+  if rec then
+    seats, code, quantity = rec.seats, rec.sec, rec.q
+  elseif op.seats ~= nil then
+    local invalid = check_seat_list(op.seats)
+    if invalid then return invalid end
+    seats = op.seats
+  else
+    code, quantity = op.section, op.quantity
+    if type(code) ~= 'string' or type(quantity) ~= 'number' or quantity < 1
+       or quantity ~= math.floor(quantity) then
+      return fail('invalid_request', {detail = 'give the seats, or a section and a quantity'})
+    end
+  end
+  local freed_seats, freed = {}, 0
+  if seats then
+    local sold_to = 's:' .. op.order_id
     for _, seat in ipairs(seats) do
-      if redis.call('HGET', K_SEATS, seat) == 's:' .. op.order_id then
+      if redis.call('HGET', K_SEATS, seat) == sold_to then
         redis.call('HSET', K_SEATS, seat, 'a')
         bump(section_of(seat), 'sold', -1)
         seat_changed(seat, 'available')
-        freed = freed + 1
+        table.insert(freed_seats, seat)
       end
     end
+    freed = #freed_seats
   else
-    local code = (rec and rec.sec) or op.section
-    local quantity = (rec and rec.q) or tonumber(op.quantity or 0)
-    if not rec and (not op.sold_confirmed) then
+    -- Only the hold's record ties GA places to an order; once it is forgotten
+    -- the caller vouches for the sale (the API refunds orders Postgres has paid).
+    if not rec and op.sold_confirmed ~= true then
       return fail('order_not_sold', {order_id = op.order_id})
     end
-    if code and section(code) and quantity > 0 then
-      freed = math.min(quantity, counter(code, 'sold'))
-      bump(code, 'sold', -freed)
+    local target = section(code)
+    if target and target.kind == 'general' then
+      freed = math.min(quantity, math.max(target.sold, 0))
+      if freed > 0 then bump(code, 'sold', -freed) end
     end
   end
   if freed == 0 then return fail('order_not_sold', {order_id = op.order_id}) end
   if rec then
-    redis.call('HINCRBY', K_CUSTOMERS, rec.c .. ':sold', -freed)
+    if rec.c ~= '' then redis.call('HINCRBY', K_CUSTOMERS, rec.c .. ':sold', -freed) end
     rec.st = 'refunded'
     put_hold(op.hold_id, rec)
   end
   redis.call('HSET', K_HOLDS, marker, NOW)
   redis.call('XADD', K_OUTBOX, '*',
     'type', 'order_refunded',
-    'event_id', meta_field('event_id'),
+    'event_id', meta_field('event_id') or '',
     'order_id', op.order_id,
-    'hold_id', op.hold_id or '',
-    'seats', seats and table.concat(seats, ',') or '',
-    'section', (rec and rec.sec) or op.section or '',
+    'hold_id', type(op.hold_id) == 'string' and op.hold_id or '',
+    'seats', table.concat(freed_seats, ','),
+    'section', seats and '' or code,
     'quantity', freed,
     'refunded_at_ms', NOW)
   return {ok = true, order_id = op.order_id, replayed = false}

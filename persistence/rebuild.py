@@ -1,15 +1,16 @@
 """Rebuilding an event's inventory in Redis from Postgres (DESIGN rule 8).
 
 Holds are ephemeral and are not rebuilt; sales are: every valid ticket in
-Postgres, plus every confirmation still waiting in the outbox stream, is
-marked sold in the same script that lays the seat map out again.
+Postgres, plus every confirmation still waiting in the outbox stream, less
+every refund still waiting there, is marked sold in the same script that lays
+the seat map out again.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
@@ -49,68 +50,103 @@ class PostgresRestore:
                         .where(Ticket.event_id == event_id, Ticket.status == "valid")
                     )
                 ).all()
+                # Refunded orders too: a confirmation of one still in the
+                # outbox (written, not yet acknowledged) must not sell it again.
+                recorded = {t.order_id for t in tickets} | set(
+                    (
+                        await conn.execute(
+                            select(Order.id).where(
+                                Order.event_id == event_id, Order.status == "refunded"
+                            )
+                        )
+                    ).scalars()
+                )
         finally:
             await db.dispose()
-        sold = _sold_state(
-            [(t.order_id, t.seat_id, t.section_code, t.customer_id) for t in tickets]
-        )
-        await _add_unwritten_outbox(scripts, event_id, sold, {t.order_id for t in tickets})
+        sales = _sales_of([(t.order_id, t.seat_id, t.section_code, t.customer_id) for t in tickets])
+        refunded = await _add_unwritten_outbox(scripts, event_id, sales, recorded)
+        sold = _sold_state(sales)
         # Viewers' last version came from before the loss: start above any of
         # them, so the jump reads as a gap and they resync.
         sold["version"] = int(time.time() * 1000)
-        return await scripts.load_inventory(
+        loaded = await scripts.load_inventory(
             event_id,
             sections,
             status=event.status,
             max_per_customer=event.max_tickets_per_customer,
             sold=sold,
         )
+        if loaded and refunded:
+            # The refund markers of lib.lua, so that a retried refund is a replay.
+            await scripts.redis.hset(
+                EventKeys(event_id).holds,
+                mapping={f"refund:{order_id}": at_ms for order_id, at_ms in refunded.items()},
+            )
+        return loaded
 
 
-def _sold_state(tickets: list[tuple[str, str | None, str, str]]) -> dict[str, Any]:
+@dataclass
+class _Sale:
+    """What one order holds in the inventory being rebuilt."""
+
+    customer_id: str
+    seats: list[str] = field(default_factory=list)
+    general: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def quantity(self) -> int:
+        return len(self.seats) + sum(self.general.values())
+
+
+def _sales_of(tickets: list[tuple[str, str | None, str, str]]) -> dict[str, _Sale]:
+    sales: dict[str, _Sale] = {}
+    for order_id, seat_id, section_code, customer_id in tickets:
+        sale = sales.setdefault(order_id, _Sale(customer_id))
+        if seat_id:
+            sale.seats.append(seat_id)
+        else:
+            sale.general[section_code] += 1
+    return sales
+
+
+def _sold_state(sales: dict[str, _Sale]) -> dict[str, Any]:
     seats: dict[str, str] = {}
     general: Counter[str] = Counter()
     customers: Counter[str] = Counter()
-    for order_id, seat_id, section_code, customer_id in tickets:
-        if seat_id:
-            seats[seat_id] = order_id
-        else:
-            general[section_code] += 1
-        customers[customer_id] += 1
-    return {"seats": seats, "general": dict(general), "customers": dict(customers)}
+    for order_id, sale in sales.items():
+        for seat in sale.seats:
+            seats[seat] = order_id
+        general.update(sale.general)
+        customers[sale.customer_id] += sale.quantity
+    return {
+        "seats": seats,
+        "general": {code: n for code, n in general.items() if n > 0},
+        "customers": {c: n for c, n in customers.items() if n > 0},
+    }
 
 
 async def _add_unwritten_outbox(
-    scripts: InventoryScripts, event_id: str, sold: dict[str, Any], written: set[str]
-) -> None:
-    """Confirmations the writer has not recorded yet are sales too."""
+    scripts: InventoryScripts, event_id: str, sales: dict[str, _Sale], recorded: set[str]
+) -> dict[str, int]:
+    """Entries the writer has not recorded yet: confirmations are sales too,
+    refunds take their order's sale back (once: a refund already written left
+    no valid tickets to take). ``recorded``: orders Postgres already has as
+    paid or refunded. Returns the refunded orders with their refund times."""
     entries: Any = await scripts.redis.xrange(EventKeys(event_id).outbox)
+    refunded: dict[str, int] = {}
     for _, raw in entries:
         fields = {k.decode(): v.decode() for k, v in raw.items()}
+        order_id = fields.get("order_id", "")
         if fields.get("type") == "order_refunded":
-            _unsell(sold, fields)
+            sales.pop(order_id, None)
+            refunded[order_id] = int(fields.get("refunded_at_ms") or 0)
             continue
-        if fields.get("type") != "order_confirmed" or fields["order_id"] in written:
+        if fields.get("type") != "order_confirmed" or order_id in recorded or order_id in refunded:
             continue
-        written.add(fields["order_id"])
-        quantity = int(fields["quantity"])
+        recorded.add(order_id)
+        sale = sales.setdefault(order_id, _Sale(fields["customer_id"]))
         if fields["seats"]:
-            for seat in fields["seats"].split(","):
-                sold["seats"][seat] = fields["order_id"]
+            sale.seats.extend(fields["seats"].split(","))
         else:
-            general = sold["general"]
-            general[fields["section"]] = general.get(fields["section"], 0) + quantity
-        customers = sold["customers"]
-        customers[fields["customer_id"]] = customers.get(fields["customer_id"], 0) + quantity
-
-
-def _unsell(sold: dict[str, Any], fields: dict[str, str]) -> None:
-    """A refund the writer has not recorded yet: its seats or places are free."""
-    order_id, quantity = fields["order_id"], int(fields["quantity"])
-    if fields["seats"]:
-        for seat in fields["seats"].split(","):
-            if sold["seats"].get(seat) == order_id:
-                del sold["seats"][seat]
-    elif fields["section"]:
-        general = sold["general"]
-        general[fields["section"]] = max(0, general.get(fields["section"], 0) - quantity)
+            sale.general[fields["section"]] += int(fields["quantity"])
+    return refunded

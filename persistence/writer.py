@@ -109,23 +109,28 @@ RETURNING sold, capacity
 async def write_entries(
     conn: AsyncConnection, entries: Sequence[Entry], *, copy: bool = True
 ) -> int:
-    """Writes confirmations in the caller's transaction; returns orders newly recorded.
+    """Writes confirmations and refunds in the caller's transaction; returns
+    the orders newly recorded as paid (refunds do not count).
 
     Set-based: one upsert of every order in the batch, one COPY of their
     tickets, one update per section touched. An order already paid is left
     alone (ON CONFLICT … WHERE pending_payment), so its tickets are inserted
     only by the write that recorded it. ``copy=False`` inserts tickets with a
     plain INSERT instead (the benchmark's one-order-at-a-time reference).
+    Refunds (``order_refunded``) are written after the batch's confirmations.
     """
     recorded = await _write_confirmations(conn, entries, copy=copy)
     await _write_refunds(conn, entries)
     return recorded
 
 
+# 'pending_payment' too: with several consumers a refund may be committed
+# before its sale's confirmation; the order is then refunded with no tickets,
+# and the confirmation (which only upgrades pending_payment) writes nothing.
 REFUND_ORDERS = """
 UPDATE orders AS o SET status = 'refunded', refunded_at = to_timestamp(r.at_ms / 1000.0)
 FROM unnest($1::text[], $2::bigint[]) AS r(id, at_ms)
-WHERE o.id = r.id AND o.status = 'paid'
+WHERE o.id = r.id AND o.status IN ('paid', 'pending_payment')
 RETURNING o.id
 """
 
@@ -135,24 +140,29 @@ RETURNING event_id, section_code
 """
 
 
-async def _write_refunds(conn: AsyncConnection, entries: Sequence[Entry]) -> None:
+async def _write_refunds(conn: AsyncConnection, entries: Sequence[Entry]) -> int:
     """Refunds after the confirmations of the same batch (a refund always
     follows its sale in the stream). A paid order becomes refunded once, its
-    tickets are revoked and its sections' sold counts go down by as many."""
+    tickets are revoked and its sections' sold counts go down by as many; a
+    redelivered refund finds the order no longer paid and changes nothing.
+    Returns the orders newly refunded."""
     refunds = {e.order_id: e for e in entries if e.fields.get("type") == "order_refunded"}
     if not refunds:
-        return
-    ids = list(refunds)
+        return 0
+    ids = sorted(refunds)
     at_ms = [int(refunds[i].fields.get("refunded_at_ms") or 0) for i in ids]
+    # Through SQLAlchemy (it begins the transaction if no confirmation did).
     refunded = list((await conn.exec_driver_sql(REFUND_ORDERS, (ids, at_ms))).scalars())
     if not refunded:
-        return  # redelivered: already written
+        return 0  # redelivered: already written
     raw = (await conn.get_raw_connection()).driver_connection
     assert raw is not None and raw.is_in_transaction()
     revoked = await raw.fetch(REFUND_TICKETS, refunded)
     per_section = Counter((r["event_id"], r["section_code"]) for r in revoked)
+    # Sorted, like the confirmations: section rows are locked in one order.
     for (event_id, code), n in sorted(per_section.items()):
         await raw.fetchrow(SECTION_SOLD, event_id, code, -n)
+    return len(refunded)
 
 
 async def _write_confirmations(
