@@ -494,23 +494,7 @@ end
 -- held any more), or a new one from late_fallback; it becomes confirmed.
 local function sell_late(op, rec)
   if rec.seats then
-    local unavailable = {}
-    for _, seat in ipairs(rec.seats) do
-      local state = redis.call('HGET', K_SEATS, seat)
-      if state and string.sub(state, 1, 2) == 'h:' then
-        local holder_id = string.sub(state, 3)
-        local holder = get_hold(holder_id)
-        if holder and is_live(holder) then
-          table.insert(unavailable, seat)
-        elseif holder and holder.st == 'held' then
-          end_hold(holder_id, holder, 'expired')
-        else
-          redis.call('HSET', K_SEATS, seat, 'a')
-        end
-      elseif state ~= 'a' then
-        table.insert(unavailable, seat)
-      end
-    end
+    local unavailable = unavailable_seats(rec.seats)
     if #unavailable > 0 then return fail('seats_unavailable', {unavailable = unavailable}) end
     for _, seat in ipairs(rec.seats) do
       redis.call('HSET', K_SEATS, seat, 's:' .. op.order_id)
