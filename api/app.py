@@ -8,14 +8,16 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from redis.asyncio import Redis
 
 from api import errors
 from api.event_cache import EventCache
+from api.live import LiveHub
 from api.observability import RequestMiddleware, configure_logging, observe_batch
 from api.payments import Payments
 from api.ratelimit import RateLimiter
-from api.routers import admin, auth, events, health, holds, orders, webhooks
+from api.routers import admin, auth, events, health, holds, live, orders, webhooks
 from api.security import load_or_create_secret
 from api.settings import Settings, get_settings
 from engine import runtime
@@ -65,6 +67,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         state.limiter = RateLimiter.from_settings(settings.rate_limits, redis_url)
         state.event_cache = EventCache(state.db)
+        state.live = LiveHub(
+            state.redis, state.engine.snapshot, tick_s=settings.live_tick_ms / 1000
+        )
         state.payments = (
             Payments(
                 settings.stripe_secret_key,
@@ -79,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await state.live.aclose()
             await state.engine.aclose()
             await state.redis.aclose()
             await state.db.dispose()
@@ -92,8 +98,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     # Routes are matched in order: the hot path (holds) first.
-    for module in (holds, health, events, orders, auth, admin, webhooks):
+    for module in (holds, health, events, orders, auth, admin, webhooks, live):
         app.include_router(module.router)
+    app.mount("/static", StaticFiles(packages=[("api", "static")]), name="static")
     app.add_middleware(RequestMiddleware, max_body_bytes=settings.max_body_bytes)
     document_bearer_auth(app)
     return app

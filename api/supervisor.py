@@ -20,6 +20,7 @@ from typing import Protocol
 
 import uvicorn
 
+from api.broadcast import PROTOCOL as BROADCAST_PROTOCOL
 from api.settings import Settings
 from engine import runtime
 from persistence import migrate
@@ -152,6 +153,11 @@ def serve(settings: Settings, workers: int = 1, *, with_writer: bool = False) ->
             log_level="info",
             access_log=False,  # the app logs each request itself, as JSON with its id
             lifespan="on",
+            # Seat-map deltas are small and go to thousands of sockets: deflating
+            # each copy would cost more CPU than the bytes are worth.
+            ws_per_message_deflate=False,
+            ws=BROADCAST_PROTOCOL,  # one frame written to every viewer (api/broadcast.py)
+            ws_max_size=64 * 1024,
         )
 
 
@@ -182,6 +188,7 @@ async def _seed(settings: Settings) -> None:
   onsale is starting on {base}
     API docs       {base}/docs
     demo event     {base}/events/{event_id}  (seats: {base}/events/{event_id}/seats)
+    live seat map  {base}/events/{event_id}/live
     admin          {admin.email} / {admin.password}
                    (saved in {settings.data_dir.resolve() / "admin-credentials.json"})
     payments       {payments}

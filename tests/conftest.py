@@ -110,6 +110,7 @@ class LiveApi:
     stripe_api_base: str
     stripe_key: str
     webhook_secret: str
+    redis_url: str  # the server's own Redis database
 
 
 @pytest.fixture(scope="session")
@@ -180,7 +181,9 @@ def live_api(
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        yield LiveApi(base_url, secret, data_dir, localstripe.url, stripe_key, webhook_secret)
+        yield LiveApi(
+            base_url, secret, data_dir, localstripe.url, stripe_key, webhook_secret, redis_url
+        )
     finally:
         for process in (writer, server):
             process.send_signal(signal.SIGINT)

@@ -1,0 +1,93 @@
+"""The live seat map: the WebSocket stream viewers subscribe to, and the page
+that draws it. The fan-out itself is :mod:`api.live`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from importlib import resources
+
+from fastapi import APIRouter, WebSocket
+from fastapi.responses import HTMLResponse
+
+from api.broadcast import EXTENSION
+from api.live import LiveHub, Viewer, ViewerTooSlow
+from engine.errors import EngineError
+
+router = APIRouter(tags=["live"])
+
+STATIC = resources.files("api").joinpath("static")
+PING_INTERVAL_S = 15.0
+SEND_TIMEOUT_S = 10.0  # a socket that takes this long to take one message is stalled
+
+# Close codes: 1008 too slow (policy), 1013 try again later, 4404 no such event.
+CLOSE_TOO_SLOW, CLOSE_TRY_LATER, CLOSE_NOT_FOUND = 1008, 1013, 4404
+PING = json.dumps({"type": "ping"})
+BAD_MESSAGE = json.dumps(
+    {"type": "error", "code": "bad_message", "detail": 'send {"type":"resync"} or {"type":"pong"}'}
+)
+
+
+@router.get("/events/{event_id}/live", response_class=HTMLResponse, include_in_schema=False)
+async def live_page(event_id: str) -> HTMLResponse:
+    """The seat-map page; its script reads the event id from the address."""
+    return HTMLResponse(STATIC.joinpath("live.html").read_text(encoding="utf-8"))
+
+
+@router.websocket("/ws/events/{event_id}")
+async def live_stream(websocket: WebSocket, event_id: str) -> None:
+    """A snapshot, then merged deltas, of one event's availability (API.md, "Live seat map")."""
+    state = websocket.app.state
+    event = await state.event_cache.get(event_id)
+    await websocket.accept()
+    if event is None or event.status == "draft":
+        await websocket.close(CLOSE_NOT_FOUND, "no such event")
+        return
+    hub: LiveHub = state.live
+    async with hub.watch(event_id, websocket.scope["extensions"].get(EXTENSION)) as viewer:
+        sender = asyncio.create_task(_send(websocket, viewer))
+        receiver = asyncio.create_task(_receive(websocket, viewer))
+        try:
+            await asyncio.wait((sender, receiver), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sender, receiver):
+                task.cancel()
+            await asyncio.gather(sender, receiver, return_exceptions=True)
+
+
+async def _send(websocket: WebSocket, viewer: Viewer) -> None:
+    """This viewer's only writer: waits on nothing but its own socket."""
+    try:
+        while True:
+            text = await viewer.next(PING_INTERVAL_S)
+            viewer.sending = True
+            await asyncio.wait_for(websocket.send_text(text or PING), SEND_TIMEOUT_S)
+            viewer.sending = False
+    except ViewerTooSlow:
+        await _close(websocket, CLOSE_TOO_SLOW, "too slow: reconnect for a fresh snapshot")
+    except EngineError as exc:  # the inventory is gone or being rebuilt
+        await _close(websocket, CLOSE_TRY_LATER, exc.code)
+    except TimeoutError:
+        pass  # stalled: even a close frame would wait; the connection is let go
+
+
+async def _receive(websocket: WebSocket, viewer: Viewer) -> None:
+    """Viewers may ask for a fresh snapshot (``resync``) and answer pings."""
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        try:
+            kind = json.loads(message.get("text") or "").get("type")
+        except (ValueError, AttributeError):
+            kind = None
+        if kind == "resync":
+            viewer.resync()
+        elif kind != "pong":
+            viewer.say(BAD_MESSAGE)
+
+
+async def _close(websocket: WebSocket, code: int, reason: str) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(websocket.close(code, reason), SEND_TIMEOUT_S)
