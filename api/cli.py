@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     admin.add_argument("--email", required=True)
     admin.add_argument("--password", required=True)
     bench = commands.add_parser("bench", help="benchmarks")
-    bench.add_argument("name", choices=["engine", "writer", "http"])
+    bench.add_argument("name", choices=["engine", "writer", "http", "viewers"])
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
 
     args = parser.parse_args(argv)
@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench import http as http_bench
 
             return http_bench.main(args.args)
+        if args.name == "viewers":
+            from bench import viewers as viewers_bench
+
+            return viewers_bench.main(args.args)
         if args.name == "writer":
             from bench import writer as writer_bench
 
