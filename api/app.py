@@ -17,9 +17,10 @@ from api.live import LiveHub
 from api.observability import RequestMiddleware, configure_logging, observe_batch
 from api.payments import Payments
 from api.ratelimit import RateLimiter
-from api.routers import admin, auth, events, health, holds, live, orders, webhooks
+from api.routers import admin, auth, events, health, holds, live, orders, tickets, webhooks
 from api.security import load_or_create_secret
 from api.settings import Settings, get_settings
+from api.ticketing import TicketSigner
 from engine import runtime
 from engine.client import EngineClient
 from persistence.db import create_engine
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state = app.state
         state.settings = settings
         state.jwt_secret = settings.jwt_secret or load_or_create_secret(settings.data_dir)
+        state.tickets = TicketSigner.from_settings(settings.ticket_signing_key, settings.data_dir)
         state.redis = Redis.from_url(redis_url)
         state.db = create_engine(database_url)
         state.engine = EngineClient(
@@ -98,7 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     # Routes are matched in order: the hot path (holds) first.
-    for module in (holds, health, events, orders, auth, admin, webhooks, live):
+    for module in (holds, health, events, orders, tickets, auth, admin, webhooks, live):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(packages=[("api", "static")]), name="static")
     app.add_middleware(RequestMiddleware, max_body_bytes=settings.max_body_bytes)

@@ -51,6 +51,10 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "payments_unavailable": (503, "The payment provider is unavailable; try again"),
     "invalid_signature": (400, "The webhook signature is missing, wrong or stale"),
     "order_not_sold": (409, "The engine has no sale for this order"),
+    # tickets and the door
+    "invalid_ticket": (400, "Not a valid ticket for this event"),
+    "already_checked_in": (409, "This ticket was already checked in"),
+    "ticket_revoked": (410, "This ticket was revoked (its order was refunded)"),
     # engine (mirrors engine.errors)
     "event_not_found": (404, "The event has no inventory on sale"),
     "event_not_on_sale": (409, "The event is not on sale"),

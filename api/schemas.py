@@ -250,6 +250,45 @@ class TicketOut(BaseModel):
     status: str
 
 
+class TicketTokenOut(TicketOut):
+    """A ticket with the signed token its QR code carries (none once revoked)."""
+
+    token: str | None = None
+
+
+class TicketList(BaseModel):
+    order_id: str
+    order_status: str
+    items: list[TicketTokenOut]
+
+
+class TicketKeyOut(BaseModel):
+    """What a door scanner needs to check tickets offline."""
+
+    event_id: str
+    algorithm: Literal["EdDSA"] = "EdDSA"
+    key_id: str
+    jwk: dict[str, str]
+    public_key_pem: str
+
+
+class CheckInIn(Body):
+    token: str = Field(min_length=10, max_length=2048)
+
+
+class CheckInOut(BaseModel):
+    ticket_id: uuid.UUID
+    section: str
+    seat: str | None = None
+    checked_in_at: datetime
+
+
+class CheckInStatsOut(BaseModel):
+    event_id: str
+    sold: int
+    checked_in: int
+
+
 class OrderOut(BaseModel):
     order_id: str
     event_id: str

@@ -12,6 +12,7 @@ import os
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,16 +113,19 @@ def refresh_token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def load_or_create_secret(data_dir: Path, name: str = "jwt-secret") -> str:
-    """The embedded default's signing key: generated once into the data
-    directory (mode 0600), shared by every worker, never committed."""
+def load_or_create_secret(
+    data_dir: Path, name: str = "jwt-secret", make: Callable[[], str] | None = None
+) -> str:
+    """The embedded default's signing key: generated once (by ``make``, a
+    random token by default) into the data directory (mode 0600), shared by
+    every worker, never committed."""
     path = data_dir / name
     data_dir.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         tmp = data_dir / f".{name}.{os.getpid()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(48))
+            f.write(make() if make else secrets.token_urlsafe(48))
         try:
             os.link(tmp, path)  # atomic: the first worker's secret wins, whole
         except FileExistsError:

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     rate_limits: str = "login=5/minute,holds=20/minute,global=300/minute"
     max_body_bytes: int = 64 * 1024
     events_cache_s: int = 60
+    # Tickets: the Ed25519 private key (PEM, PKCS#8) that signs them; None:
+    # generated into data_dir.
+    ticket_signing_key: str | None = None
     # Live seat map: changes heard within one tick go out as one delta.
     live_tick_ms: float = Field(default=50, gt=0, le=100)
     log_level: str = "INFO"

@@ -208,6 +208,11 @@ class Ticket(Base):
     section_code: Mapped[str] = mapped_column(String(32))
     seat_id: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), server_default="valid")
+    # Random per ticket and signed into its token (api/ticketing.py), so a token
+    # names one issue of a ticket (0005).
+    serial: Mapped[str] = mapped_column(
+        String(16), server_default=text("substr(md5(gen_random_uuid()::text), 1, 16)")
+    )
     created_at: Mapped[datetime] = _now()
 
 

@@ -15,102 +15,26 @@ from typing import Any
 
 import asyncpg
 import httpx
-import stripe
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api.security import hash_password, issue_access_token
-from persistence import accounts
 from tests.api_support import PASSWORD, unique_email
 from tests.conftest import LiveApi
+from tests.payment_support import (
+    DECLINED_CARD,
+    bearer,
+    checkout,
+    event_with_seats,
+    pay,
+    stripe_client,
+    until_status,
+)
 from tests.sales import wait_for
-
-GOOD_CARD = "4242424242424242"
-DECLINED_CARD = "4000000000000341"  # attaches, then the charge is declined
-
-
-def _stripe(api: LiveApi) -> stripe.StripeClient:
-    return stripe.StripeClient(api.stripe_key, base_addresses={"api": api.stripe_api_base})
-
-
-def pay(api: LiveApi, intent_id: str, card: str = GOOD_CARD) -> str:
-    """What a buyer's client does with the PaymentIntent: attach a card, confirm."""
-    client = _stripe(api)
-    method = client.v1.payment_methods.create(
-        params={
-            "type": "card",
-            "card": {"number": card, "exp_month": 12, "exp_year": 2034, "cvc": "123"},
-        }
-    )
-    client.v1.payment_intents.update(intent_id, params={"payment_method": method.id})
-    try:
-        return str(client.v1.payment_intents.confirm(intent_id).status)
-    except stripe.CardError:
-        return "declined"
-
-
-def bearer(api: LiveApi, user_id: uuid.UUID, role: str = "customer") -> dict[str, str]:
-    return {"Authorization": f"Bearer {issue_access_token(api.jwt_secret, user_id, role, 3600)}"}
-
-
-async def event_with_seats(
-    api: LiveApi,
-    db: AsyncEngine,
-    http: httpx.AsyncClient,
-    rows: int = 1,
-    per_row: int = 10,
-    hold_ttl_s: int = 600,
-) -> str:
-    organizer = await accounts.create_user(
-        db, unique_email("organizer"), hash_password(PASSWORD), "O", "organizer"
-    )
-    auth = bearer(api, organizer.id, "organizer")
-    event = (await http.post("/events", headers=auth, json={
-        "name": "Paid night", "venue": "Hall", "starts_at": "2027-06-01T20:00:00Z",
-        "currency": "EUR", "hold_ttl_s": hold_ttl_s})).json()  # fmt: skip
-    r = await http.post(f"/events/{event['id']}/sections", headers=auth, json={
-        "kind": "seated", "code": "A", "name": "Stalls", "price_cents": 5000,
-        "rows": rows, "seats_per_row": per_row})  # fmt: skip
-    assert r.status_code == 201, r.text
-    assert (await http.post(f"/events/{event['id']}/publish", headers=auth)).status_code == 200
-    return str(event["id"])
-
-
-async def checkout(
-    http: httpx.AsyncClient, auth: dict[str, str], event_id: str, seats: list[str]
-) -> dict[str, Any]:
-    hold = await http.post(f"/events/{event_id}/holds", json={"seats": seats}, headers=auth)
-    assert hold.status_code == 201, hold.text
-    order = await http.post("/orders", json={"hold_id": hold.json()["hold_id"]}, headers=auth)
-    assert order.status_code == 201, order.text
-    body = order.json()
-    assert (
-        body["payment"]["payment_intent_id"].startswith("pi_") and body["payment"]["client_secret"]
-    )
-    return dict(body)
 
 
 async def order_status(
     api: LiveApi, http: httpx.AsyncClient, auth: dict[str, str], order_id: str
 ) -> dict[str, Any]:
     return dict((await http.get(f"/orders/{order_id}", headers=auth)).json())
-
-
-async def until_status(
-    http: httpx.AsyncClient,
-    auth: dict[str, str],
-    order_id: str,
-    status: str,
-    deadline_s: float = 30,
-) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
-
-    async def reached() -> bool:
-        nonlocal seen
-        seen = dict((await http.get(f"/orders/{order_id}", headers=auth)).json())
-        return seen.get("status") == status
-
-    await wait_for(reached, deadline_s, f"order {order_id} to be {status}")
-    return seen
 
 
 async def pg_order(database_url: str, order_id: str) -> tuple[str, int]:
@@ -257,11 +181,11 @@ async def test_late_payment_after_the_seats_were_resold_is_refunded_and_nothing_
         await until_status(http, quick, second["order_id"], "paid")
         assert await pg_order(database_url, first["order_id"]) == ("refunded", 0)
         assert await pg_order(database_url, second["order_id"]) == ("paid", 1)
-        intent = _stripe(live_api).v1.payment_intents.retrieve(
+        intent = stripe_client(live_api).v1.payment_intents.retrieve(
             first["payment"]["payment_intent_id"]
         )
         assert (
-            _stripe(live_api).v1.refunds.list(params={"payment_intent": intent.id}).data
+            stripe_client(live_api).v1.refunds.list(params={"payment_intent": intent.id}).data
         )  # money returned
 
 

@@ -1,0 +1,145 @@
+"""Tickets as the door sees them: who may see one, and the first scan.
+
+A check-in is one row per ticket (``checkins.ticket_id`` is unique); the
+insert that records it also checks, in the same statement, that the ticket is
+still valid and is the issue the token names, so a refund racing a scan
+cannot let a revoked ticket in, and fifty scans of one ticket admit it once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from persistence.models import CheckIn, Event, Order, Ticket
+
+
+@dataclass(frozen=True)
+class TicketView:
+    id: uuid.UUID
+    order_id: str
+    event_id: str
+    section_code: str
+    seat_id: str | None
+    status: str
+    serial: str
+    customer_id: str
+    event_organizer_id: uuid.UUID | None
+
+
+@dataclass(frozen=True)
+class CheckInResult:
+    """``first`` is True for the scan that admitted the ticket; ``at`` is when
+    that first scan was. ``valid`` False: no such valid issue of the ticket."""
+
+    valid: bool
+    first: bool = False
+    at: datetime | None = None
+    section_code: str = ""
+    seat_id: str | None = None
+
+
+_COLUMNS = (
+    Ticket.id,
+    Ticket.order_id,
+    Ticket.event_id,
+    Ticket.section_code,
+    Ticket.seat_id,
+    Ticket.status,
+    Ticket.serial,
+    Order.customer_id,
+    Event.organizer_id,
+)
+
+
+def _view(row: object) -> TicketView:
+    return TicketView(*row)  # type: ignore[misc]
+
+
+async def tickets_of_order(db: AsyncEngine, order_id: str) -> list[TicketView]:
+    query = (
+        select(*_COLUMNS)
+        .join(Order, Order.id == Ticket.order_id)
+        .join(Event, Event.id == Order.event_id)
+        .where(Ticket.order_id == order_id)
+        .order_by(Ticket.section_code, Ticket.seat_id, Ticket.id)
+    )
+    async with db.connect() as conn:
+        return [_view(row) for row in (await conn.execute(query)).all()]
+
+
+async def get_ticket(db: AsyncEngine, ticket_id: uuid.UUID) -> TicketView | None:
+    query = (
+        select(*_COLUMNS)
+        .join(Order, Order.id == Ticket.order_id)
+        .join(Event, Event.id == Order.event_id)
+        .where(Ticket.id == ticket_id)
+    )
+    async with db.connect() as conn:
+        row = (await conn.execute(query)).one_or_none()
+    return None if row is None else _view(row)
+
+
+_CHECK_IN = text(
+    """
+    WITH ticket AS (
+        SELECT id, section_code, seat_id FROM tickets
+        WHERE id = :ticket_id AND event_id = :event_id AND serial = :serial AND status = 'valid'
+    ), admitted AS (
+        INSERT INTO checkins (id, ticket_id, event_id, scanned_by)
+        SELECT gen_random_uuid(), id, :event_id, :scanned_by FROM ticket
+        ON CONFLICT (ticket_id) DO NOTHING
+        RETURNING checked_in_at
+    )
+    SELECT (SELECT checked_in_at FROM admitted), ticket.section_code, ticket.seat_id
+    FROM ticket
+    """
+)
+
+
+async def check_in(
+    db: AsyncEngine, ticket_id: uuid.UUID, event_id: str, serial: str, scanned_by: uuid.UUID
+) -> CheckInResult:
+    async with db.begin() as conn:
+        row = (
+            await conn.execute(
+                _CHECK_IN,
+                {
+                    "ticket_id": ticket_id,
+                    "event_id": event_id,
+                    "serial": serial,
+                    "scanned_by": scanned_by,
+                },
+            )
+        ).one_or_none()
+    if row is None:
+        return CheckInResult(valid=False)
+    admitted_at, section_code, seat_id = row
+    if admitted_at is not None:
+        return CheckInResult(True, True, admitted_at, section_code, seat_id)
+    # Scanned before (or by a scan that committed while this one waited on
+    # it): a fresh statement sees the first scan's row.
+    async with db.connect() as conn:
+        first_at = (
+            await conn.execute(select(CheckIn.checked_in_at).where(CheckIn.ticket_id == ticket_id))
+        ).scalar_one()
+    return CheckInResult(True, False, first_at, section_code, seat_id)
+
+
+async def checkin_stats(db: AsyncEngine, event_id: str) -> tuple[int, int]:
+    """(valid tickets sold, of them checked in)."""
+    sold = select(func.count()).where(Ticket.event_id == event_id, Ticket.status == "valid")
+    checked = (
+        select(func.count())
+        .select_from(CheckIn)
+        .join(Ticket, Ticket.id == CheckIn.ticket_id)
+        .where(CheckIn.event_id == event_id, Ticket.status == "valid")
+    )
+    async with db.connect() as conn:
+        return int((await conn.execute(sold)).scalar_one()), int(
+            (await conn.execute(checked)).scalar_one()
+        )
