@@ -26,3 +26,13 @@ def test_compose_api_service_uses_only_known_settings() -> None:
     known = {f"ONSALE_{name.upper()}" for name in Settings.model_fields} | {"RAY_ADDRESS"}
     assert set(env) <= known
     assert env["RAY_ADDRESS"].endswith(":6380")
+
+
+def test_compose_runs_a_writer_and_keeps_the_generated_keys_on_a_volume() -> None:
+    """Without a writer no sale reaches Postgres; without the data volume a
+    redeploy would forget the key every issued ticket is signed with."""
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert services["writer"]["command"] == ["onsale", "writer"]
+    for name in ("api", "writer"):
+        data_dir = services[name]["environment"]["ONSALE_DATA_DIR"]
+        assert any(v.endswith(f":{data_dir}") for v in services[name]["volumes"])
