@@ -197,7 +197,8 @@ def viewer_process(port: int, event_id: str, count: int, sample: float, pipe: Co
                 histogram[int((when - sent) * 1000)] += 1
         for transport in transports:
             transport.close()
-        pipe.send(("done", (dict(histogram), len(log))))
+        sampled = len(range(0, count, every))
+        pipe.send(("done", (dict(histogram), len(log), sampled)))
 
     asyncio.run(main())
 
@@ -340,19 +341,20 @@ def one_run(
     wall = time.monotonic() - began
     after = server.cpu_times()
     histogram: Counter[int] = Counter()
-    deltas = 0
+    deltas = sampled = 0
     for pipe in pipes:
         pipe.send(("stop", published))
     for pipe in pipes:
-        _, (part, count) = pipe.recv()
+        _, (part, count, timed) = pipe.recv()
         histogram.update({int(k): v for k, v in part.items()})
         deltas += count
+        sampled += timed
     for proc in procs:
         proc.join(30)
     cpu = (after.user - before.user + after.system - before.system) / wall
     return Run(
         viewers, tick_ms, run, percentile(histogram, 0.5), percentile(histogram, 0.99),
-        cpu, deltas / max(1, viewers) / wall, deltas,
+        cpu, deltas / max(1, sampled) / wall, deltas,
     )  # fmt: skip
 
 

@@ -76,3 +76,19 @@ def test_bench_writer_persists_every_order_and_prints_its_ratios(
     )
     assert "writer batch 100 / single-row loop" in stdout
     assert "writer batch 100 / engine sales" in stdout
+
+
+def test_bench_viewers_times_deltas_to_real_websocket_viewers(
+    tmp_path: Path, redis_url: str, database_url: str
+) -> None:
+    out = tmp_path / "viewers.json"
+    stdout = onsale_bench(
+        ["viewers", "--viewers", "20", "--duration", "2", "--repeat", "1", "--rate", "200",
+         "--reference-tick-ms", "0", "--sample", "0.5", "--client-procs", "1",
+         "--json", str(out)],
+        redis_url,
+        database_url,
+    )  # fmt: skip
+    summary = json.loads(out.read_text())["summary"]
+    assert summary["20@50ms"]["p50_ms"] >= 0 and summary["20@50ms"]["msg_per_s"] > 0
+    assert "viewers on one API process" in stdout
