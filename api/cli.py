@@ -10,6 +10,11 @@ from api.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["simulate"]:  # its options are its own (argparse would take them here)
+        from bench import simulate as simulator
+
+        return simulator.main(argv[1:])
     parser = argparse.ArgumentParser(prog="onsale", description="Ticket on-sale engine.")
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start everything on the embedded default")
@@ -21,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     admin = commands.add_parser("create-admin", help="create an admin (or make a user one)")
     admin.add_argument("--email", required=True)
     admin.add_argument("--password", required=True)
+    commands.add_parser(
+        "simulate",
+        help="N virtual buyers race for one event through the API (--event ID --users N)",
+    )
     bench = commands.add_parser("bench", help="benchmarks")
     bench.add_argument("name", choices=["engine", "writer", "http", "viewers"])
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")

@@ -91,6 +91,10 @@ class EventActor:
     async def stats(self) -> dict[str, int]:
         return dict(self._stats)
 
+    async def node_id(self) -> str:
+        """The Ray node this event lives on (operators: where is my event?)."""
+        return str(ray.get_runtime_context().get_node_id())
+
     async def _restore_if_missing(self) -> bool:
         if self._restore is None or await self._redis.exists(EventKeys(self.event_id).meta):
             return False
@@ -192,6 +196,9 @@ def event_actor(
         max_task_retries=-1,
         max_concurrency=1000,
         num_cpus=0,
+        # Events spread over the cluster's nodes: with num_cpus=0 Ray would
+        # otherwise keep every actor on the node that asked for it first.
+        scheduling_strategy="SPREAD",
     )
     handle = options.remote(
         event_id,

@@ -283,6 +283,10 @@ class EngineClient:
     async def actor_stats(self, event_id: str) -> dict[str, int]:
         return dict(await self._await(event_id, self.actor(event_id).stats.remote()))
 
+    async def actor_node(self, event_id: str) -> str:
+        """The id of the Ray node the event's actor runs on."""
+        return str(await self._await(event_id, self.actor(event_id).node_id.remote()))
+
     def actor(self, event_id: str) -> ActorHandle:
         handle = self._actors.get(event_id)
         if handle is None:

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
 from pathlib import Path
 
+import jsonschema
+import pytest
+import ray
 import yaml
 
 from api.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
+# The Compose specification's JSON schema, as Debian's docker-compose ships it
+# (apt-get install docker-compose).
+COMPOSE_SPEC = Path("/usr/lib/python3/dist-packages/compose/config/compose_spec.json")
 
 
 def test_ray_cluster_yaml_passes_rays_own_schema() -> None:
     from ray.autoscaler._private.util import prepare_config, validate_config
 
     config = yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())
-    validate_config(prepare_config(config))
+    schema = Path(ray.__file__).parent / "autoscaler" / "ray-schema.json"
+    jsonschema.validate(config, json.loads(schema.read_text()))  # the file as written
+    validate_config(prepare_config(config))  # and as `ray up` fills it in
     head = " ".join(config["head_start_ray_commands"])
     assert "--port=6380" in head  # never Ray's default 6379, which Redis holds
 
@@ -36,3 +47,22 @@ def test_compose_runs_a_writer_and_keeps_the_generated_keys_on_a_volume() -> Non
     for name in ("api", "writer"):
         data_dir = services[name]["environment"]["ONSALE_DATA_DIR"]
         assert any(v.endswith(f":{data_dir}") for v in services[name]["volumes"])
+
+
+def test_compose_file_follows_the_compose_specification() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    checked = False
+    if COMPOSE_SPEC.exists():
+        jsonschema.validate(compose, json.loads(COMPOSE_SPEC.read_text()))
+        checked = True
+    if shutil.which("docker-compose"):
+        done = subprocess.run(
+            ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        checked = True
+    if not checked:
+        pytest.skip("no Compose schema here: apt-get install docker-compose")
