@@ -219,8 +219,15 @@ def start_server(
         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
         "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
+    return launch_until_ready(cmd, env, port)
+
+
+def launch_until_ready(
+    cmd: list[str], env: dict[str, str], port: int, timeout_s: float = 120
+) -> subprocess.Popen[bytes]:
+    """Starts an API server process and returns once its /readyz answers 200."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
@@ -231,7 +238,7 @@ def start_server(
             raise RuntimeError("the API server exited during start-up")
         time.sleep(0.2)
     proc.kill()
-    raise RuntimeError("the API server did not become ready in 120 s")
+    raise RuntimeError(f"the API server did not become ready in {timeout_s:g} s")
 
 
 # ---------------------------------------------------------------- run and report

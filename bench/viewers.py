@@ -54,7 +54,6 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 from redis.asyncio import Redis
 from rich.console import Console
@@ -63,6 +62,7 @@ from rich.table import Table
 from api.broadcast import PROTOCOL as BROADCAST_PROTOCOL
 from api.settings import Settings
 from api.supervisor import embedded_stack
+from bench.http import launch_until_ready
 from engine.client import EngineClient
 from engine.errors import EngineError
 from engine.scripts import EventKeys
@@ -304,19 +304,7 @@ def start_api(
         "--log-level", "warning", "--ws-per-message-deflate", "false", "--backlog", "4096",
         "--ws", BROADCAST_PROTOCOL, "--ws-ping-interval", "0",
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError("the API server exited during start-up")
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("the API server did not become ready in 120 s")
+    return launch_until_ready(cmd, env, port)
 
 
 def one_run(
