@@ -9,7 +9,6 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
-from redis.asyncio import Redis
 
 from api import errors
 from api.event_cache import EventCache
@@ -23,6 +22,7 @@ from api.settings import Settings, get_settings
 from api.ticketing import TicketSigner
 from engine import runtime
 from engine.client import EngineClient
+from engine.redis_client import redis_client
 from persistence.db import create_engine
 from persistence.rebuild import PostgresRestore
 
@@ -56,10 +56,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.settings = settings
         state.jwt_secret = settings.jwt_secret or load_or_create_secret(settings.data_dir)
         state.tickets = TicketSigner.from_settings(settings.ticket_signing_key, settings.data_dir)
-        state.redis = Redis.from_url(redis_url)
+        state.redis = redis_client(redis_url, cluster=settings.redis_cluster)
         state.db = create_engine(database_url)
         state.engine = EngineClient(
             redis_url,
+            redis_cluster=settings.redis_cluster,
             window_ms=settings.batch_window_ms,
             max_batch_ops=settings.batch_max_ops,
             call_timeout_s=settings.engine_timeout_s,
@@ -67,7 +68,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             restore=PostgresRestore(database_url),
             observer=observe_batch,
         )
-        state.limiter = RateLimiter.from_settings(settings.rate_limits, redis_url)
+        state.limiter = RateLimiter.from_settings(
+            settings.rate_limits, redis_url, cluster=settings.redis_cluster
+        )
         state.event_cache = EventCache(state.db)
         state.live = LiveHub(
             state.redis, state.engine.snapshot, tick_s=settings.live_tick_ms / 1000

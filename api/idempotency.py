@@ -16,17 +16,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi.responses import JSONResponse
-from redis.asyncio import Redis
 
 from api.errors import ApiError, from_engine
 from engine.errors import EngineError
+from engine.redis_client import AsyncRedis
 
 KEEP_S = 24 * 3600
 CLAIM_S = 30  # longer than any request may take; a crashed one frees its key
 
 
 async def idempotent(
-    redis: Redis,
+    redis: AsyncRedis,
     key: str | None,
     scope: str,
     body: Any,

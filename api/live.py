@@ -36,11 +36,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import Counter, Gauge
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from api.broadcast import DirectWriter, text_frame
 from engine.model import Snapshot
+from engine.redis_client import AsyncRedis, is_cluster
 from engine.scripts import EventKeys
 
 log = logging.getLogger("onsale.live")
@@ -280,11 +280,16 @@ class Feed:
 class LiveHub:
     """This process's subscriptions and viewers. ``tick_s`` bounds the delay a
     change waits to be merged; ``queue_limit`` is each viewer's queue, in
-    messages; a viewer overflowing more than ``max_overflows`` times is dropped."""
+    messages; a viewer overflowing more than ``max_overflows`` times is dropped.
+
+    On a Redis Cluster the scripts' PUBLISH reaches every node, so one
+    connection to any node hears every event (redis-py's cluster pub/sub picks
+    it by the first channel's slot); if that node is lost, the subscription is
+    made again from the cluster's current map of nodes."""
 
     def __init__(
         self,
-        redis: Redis,
+        redis: AsyncRedis,
         fetch_snapshot: FetchSnapshot,
         *,
         tick_s: float = 0.05,
@@ -301,6 +306,7 @@ class LiveHub:
         self.feeds: dict[str, Feed] = {}
         self._by_channel: dict[bytes, Feed] = {}
         self._pubsub = redis.pubsub()
+        self._renew = False  # cluster: subscribe afresh before the next read
         self._reader: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._chores: set[asyncio.Future[None]] = set()
@@ -357,14 +363,22 @@ class LiveHub:
         backoff_s = 0.1
         while True:
             try:
+                if self._renew:
+                    await self._resubscribe_elsewhere()
+                if self._pubsub.connection is None:  # renewed, nothing to hear yet
+                    await asyncio.sleep(self.tick_s)
+                    continue
                 message = await self._pubsub.get_message(timeout=None)
                 backoff_s = 0.1
-            except (RedisError, OSError) as exc:
+            except (RedisError, RedisClusterException, OSError) as exc:
                 # redis-py reconnects and resubscribes on the next read; change
                 # sets published meanwhile are lost, which viewers see as a gap.
                 log.warning("live: Redis subscription lost (%s); reconnecting", exc)
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, 5.0)
+                # On a cluster it would reconnect to the same node, which may
+                # be gone for good (failed over): subscribe afresh instead.
+                self._renew = is_cluster(self.redis)
                 continue
             if message is None:
                 continue
@@ -375,6 +389,18 @@ class LiveHub:
                 feed.hear(message["data"])
             elif message["type"] == "subscribe":
                 feed.subscribed.set()
+
+    async def _resubscribe_elsewhere(self) -> None:
+        """Cluster only: every channel again, on a new connection to a node of
+        the cluster's refreshed map (raises if none answers; the loop retries)."""
+        assert is_cluster(self.redis)
+        lost, self._pubsub = self._pubsub, self.redis.pubsub()
+        with contextlib.suppress(RedisError, OSError):
+            await lost.aclose()
+        await self.redis.nodes_manager.initialize()
+        if self._by_channel:
+            await self._pubsub.subscribe(*self._by_channel)
+        self._renew = False
 
     async def _tick_loop(self) -> None:
         while True:

@@ -3,7 +3,8 @@
 ``ONSALE_RATE_LIMITS`` names them: ``login=5/minute,holds=20/minute,
 global=300/minute`` by default, ``off`` for none (load tests of the engine
 itself). login is per client address and email, holds per user, global per
-client address.
+client address. On a Redis Cluster (``ONSALE_REDIS_CLUSTER``) the limits live
+in ``limits``' cluster storage: each counter is one key, so one slot.
 """
 
 from __future__ import annotations
@@ -11,14 +12,17 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
 
 from limits import RateLimitItem, parse
-from limits.aio.storage import RedisStorage
+from limits.aio.storage import RedisClusterStorage, RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 
 from api.errors import ApiError
 
 NAMES = ("login", "holds", "global")
+KEY_PREFIX = "onsale:limits"
 
 
 def parse_limits(spec: str) -> dict[str, RateLimitItem]:
@@ -42,14 +46,11 @@ class RateLimiter:
     limiter: MovingWindowRateLimiter | None
 
     @classmethod
-    def from_settings(cls, spec: str, redis_url: str) -> RateLimiter:
+    def from_settings(cls, spec: str, redis_url: str, *, cluster: bool = False) -> RateLimiter:
         items = parse_limits(spec)
         if not items:
             return cls({}, None)
-        storage = RedisStorage(
-            "async+" + redis_url, implementation="redispy", key_prefix="onsale:limits"
-        )
-        return cls(items, MovingWindowRateLimiter(storage))
+        return cls(items, MovingWindowRateLimiter(_storage(redis_url, cluster)))
 
     async def hit(self, name: str, *identity: str) -> None:
         """Counts one request; raises 429 ``rate_limited`` when over the limit."""
@@ -66,3 +67,17 @@ class RateLimiter:
             headers={"Retry-After": str(retry_after)},
             retry_after_s=retry_after,
         )
+
+
+def _storage(redis_url: str, cluster: bool) -> RedisStorage:
+    if not cluster:
+        return RedisStorage("async+" + redis_url, implementation="redispy", key_prefix=KEY_PREFIX)
+    # limits names a cluster by its nodes (host:port,...), with no database.
+    url = urlsplit(redis_url)
+    options: dict[str, Any] = {"ssl": True} if url.scheme == "rediss" else {}
+    return RedisClusterStorage(
+        f"async+redis+cluster://{url.netloc}",
+        implementation="redispy",
+        key_prefix=KEY_PREFIX,
+        **options,
+    )

@@ -14,6 +14,7 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path(".onsale")
     redis_url: str | None = None  # None: start embedded Valkey in data_dir
+    redis_cluster: bool = False  # redis_url names one node of a Redis Cluster
     database_url: str | None = None  # None: start embedded Postgres in data_dir
     ray_address: str | None = Field(
         default=None, validation_alias=AliasChoices("RAY_ADDRESS", "ONSALE_RAY_ADDRESS")

@@ -45,6 +45,8 @@ def embedded_stack(
     data_dir = settings.data_dir.resolve()
     try:
         if not settings.redis_url:
+            if settings.redis_cluster:
+                raise RuntimeError("ONSALE_REDIS_CLUSTER=1 needs ONSALE_REDIS_URL (a cluster node)")
             from persistence.embedded import EmbeddedValkey
 
             valkey = EmbeddedValkey(data_dir / "valkey")
@@ -76,6 +78,7 @@ def embedded_stack(
                 os.environ["ONSALE_STRIPE_API_BASE"] = settings.stripe_api_base
         migrate.upgrade(settings.database_url)  # `make up` always runs on the current schema
         os.environ["ONSALE_REDIS_URL"] = settings.redis_url
+        os.environ["ONSALE_REDIS_CLUSTER"] = "1" if settings.redis_cluster else "0"
         os.environ["ONSALE_DATABASE_URL"] = settings.database_url
         if with_ray:
             ray_address = runtime.connect(
@@ -107,6 +110,7 @@ def run_writer(settings: Settings) -> None:
                 ready.redis_url or "",
                 ready.database_url or "",
                 stop,
+                redis_cluster=ready.redis_cluster,
                 consumers=ready.writer_consumers,
                 batch_size=ready.writer_batch_size,
                 reclaim_idle_ms=ready.writer_reclaim_idle_ms,
@@ -169,7 +173,9 @@ async def _seed(settings: Settings) -> None:
 
     db = create_engine(settings.database_url or "", pool_size=2)
     engine = EngineClient(
-        settings.redis_url or "", restore=PostgresRestore(settings.database_url or "")
+        settings.redis_url or "",
+        redis_cluster=settings.redis_cluster,
+        restore=PostgresRestore(settings.database_url or ""),
     )
     try:
         admin = await seed_admin(db, settings.data_dir.resolve())

@@ -19,15 +19,16 @@ from typing import cast
 
 import ray
 from ray.actor import ActorHandle
-from redis.asyncio import Redis
 
 from engine.model import Section
+from engine.redis_client import redis_client
 from engine.runtime import NAMESPACE
 from engine.scripts import EventKeys, InventoryScripts
 
 log = logging.getLogger(__name__)
 
 SWEEP_CALLS_PER_TICK = 8  # bounds how long a burst of expiries delays buyers
+MAX_SWEEP_BACKOFF_S = 30.0  # while Redis is unreachable
 
 
 Restore = Callable[[InventoryScripts, str], Awaitable[bool]]
@@ -46,6 +47,7 @@ class EventActor:
         event_id: str,
         redis_url: str,
         *,
+        redis_cluster: bool = False,
         sweep_interval_s: float = 0.5,
         max_batch_ops: int = 1024,
         restore: Restore | None = None,
@@ -53,7 +55,7 @@ class EventActor:
         self.event_id = event_id
         # Rebuilds the inventory when Redis has lost it (persistence.rebuild).
         self._restore = restore
-        self._redis = Redis.from_url(redis_url)
+        self._redis = redis_client(redis_url, cluster=redis_cluster)
         self._scripts = InventoryScripts(self._redis)
         self._sweep_interval_s = sweep_interval_s
         self._max_batch_ops = max_batch_ops
@@ -111,6 +113,7 @@ class EventActor:
         except Exception:  # retried when a command finds the inventory missing
             log.exception("event %s: rebuild at start failed", self.event_id)
         next_sweep = time.monotonic() + self._sweep_interval_s
+        failures = 0
         while True:
             if not self._pending:
                 try:
@@ -126,8 +129,15 @@ class EventActor:
                 if time.monotonic() >= next_sweep:
                     await self._sweep_due()
                     next_sweep = time.monotonic() + self._sweep_interval_s
+                failures = 0
             except Exception:  # the loop outlives any one failure; callers got it already
-                log.exception("event %s: write loop step failed", self.event_id)
+                failures += 1
+                if failures <= 3 or failures % 100 == 0:
+                    log.exception("event %s: write loop step failed", self.event_id)
+                # Redis away: sweep ever less often (commands still run at once).
+                next_sweep = time.monotonic() + min(
+                    self._sweep_interval_s * 2**failures, MAX_SWEEP_BACKOFF_S
+                )
 
     async def _write_batch(self) -> None:
         taken: list[tuple[str, int, asyncio.Future[tuple[bytes, int]]]] = []
@@ -176,6 +186,7 @@ def event_actor(
     event_id: str,
     redis_url: str,
     *,
+    redis_cluster: bool = False,
     sweep_interval_s: float = 0.5,
     max_batch_ops: int = 1024,
     restore: Restore | None = None,
@@ -185,7 +196,8 @@ def event_actor(
     All actor options live here. Detached, so it outlives the API worker
     that happened to create it; restarted without limit, and calls in flight
     during a restart are retried, which is safe because every command carries
-    a caller-made id.
+    a caller-made id. ``redis_url`` and ``redis_cluster`` (the URL names a
+    Redis Cluster) are those of whoever creates the actor first.
     """
     options = _RemoteEventActor.options(
         name=actor_name(event_id),
@@ -203,6 +215,7 @@ def event_actor(
     handle = options.remote(
         event_id,
         redis_url,
+        redis_cluster=redis_cluster,
         sweep_interval_s=sweep_interval_s,
         max_batch_ops=max_batch_ops,
         restore=restore,

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import ray
 from ray.actor import ActorHandle
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from engine.actor import Restore, event_actor
 from engine.errors import EngineError, EngineTimeout, EngineUnavailable
@@ -41,6 +41,7 @@ from engine.model import (
     outcome_from_wire,
     raise_for,
 )
+from engine.redis_client import is_cluster, redis_client
 from engine.scripts import InventoryScripts
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ class EngineClient:
         self,
         redis_url: str,
         *,
+        redis_cluster: bool = False,
         window_ms: float = 1.5,
         max_batch_ops: int = 256,
         call_timeout_s: float = 5.0,
@@ -140,9 +142,11 @@ class EngineClient:
         observer: Callable[[int, float, bool], None] | None = None,
     ) -> None:
         """``observer(commands, seconds, ok)`` is told of every actor call
-        (the API feeds its metrics with it)."""
+        (the API feeds its metrics with it). ``redis_cluster``: ``redis_url``
+        names a Redis Cluster; the actors this client creates are told so too."""
         self.redis_url = redis_url
-        self._redis = Redis.from_url(redis_url)
+        self.redis_cluster = redis_cluster
+        self._redis = redis_client(redis_url, cluster=redis_cluster)
         self._scripts = InventoryScripts(self._redis)
         self._window_s = window_ms / 1000
         self._max_batch_ops = max_batch_ops
@@ -293,6 +297,7 @@ class EngineClient:
             handle = event_actor(
                 event_id,
                 self.redis_url,
+                redis_cluster=self.redis_cluster,
                 sweep_interval_s=self._sweep_interval_s,
                 max_batch_ops=self._actor_max_batch_ops,
                 restore=self._restore,
@@ -301,6 +306,9 @@ class EngineClient:
         return handle
 
     async def ping_redis(self) -> bool:
+        """Redis answers; on a cluster, every primary (each holds some events)."""
+        if is_cluster(self._redis):
+            return bool(await self._redis.ping(target_nodes=RedisCluster.PRIMARIES))
         return bool(await self._redis.ping())
 
     async def aclose(self) -> None:

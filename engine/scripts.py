@@ -1,22 +1,25 @@
 """Typed wrappers around the Lua scripts in ``lua/``.
 
 Each script is registered once per Redis client with ``register_script``
-(EVALSHA, reloaded by redis-py on NOSCRIPT). Nothing else in onsale sends Lua
-to Redis: callers use :class:`InventoryScripts`.
+(EVALSHA, reloaded by redis-py on NOSCRIPT; on a Redis Cluster the call goes
+to the node of its keys' slot, and SCRIPT LOAD to every primary). Nothing else
+in onsale sends Lua to Redis: callers use :class:`InventoryScripts`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from engine.errors import InvalidInventory, error_from_code
 from engine.model import Command, HoldView, Section, SectionAvailability, Snapshot
+from engine.redis_client import AsyncRedis, beside
 
 # Every event's outbox stream, for the Postgres writer to find. Not an event
 # key: only Python touches it, never a script, so it may live in any slot.
@@ -101,7 +104,7 @@ class SweepResult:
 class InventoryScripts:
     """The engine's Redis operations, one method per script."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: AsyncRedis) -> None:
         self.redis = redis
         lib = _lua("lib.lua")
         self._load = redis.register_script(_lua("load_inventory.lua"))
@@ -182,6 +185,10 @@ class InventoryScripts:
         No batching inside Redis: one script call per command. The benchmark
         uses it as the raw ceiling the actor path is measured against.
         """
+        if isinstance(self.redis, RedisCluster):
+            # redis-py refuses EVALSHA in a cluster pipeline: all at once instead.
+            results = await asyncio.gather(*[self.apply_one(event_id, c) for c in commands])
+            return [r.results[0] for r in results]
         keys = EventKeys(event_id)
         async with self.redis.pipeline(transaction=False) as pipe:
             for command in commands:
@@ -203,10 +210,18 @@ class InventoryScripts:
         """One hold, read without a script (a read changes nothing); None if
         Redis has no record of it (never placed, or long forgotten)."""
         keys = EventKeys(event_id)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hget(keys.holds, hold_id)
-            pipe.time()
-            raw, (seconds, micros) = await pipe.execute()
+        if isinstance(self.redis, RedisCluster):
+            # The clock of the node the scripts ran on (a cluster pipeline
+            # refuses TIME, which has no key to route it by).
+            raw, (seconds, micros) = await asyncio.gather(
+                self.redis.hget(keys.holds, hold_id),
+                self.redis.time(**beside(self.redis, keys.holds)),
+            )
+        else:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hget(keys.holds, hold_id)
+                pipe.time()
+                raw, (seconds, micros) = await pipe.execute()
         if raw is None:
             return None
         return HoldView.from_record(hold_id, json.loads(raw), seconds * 1000 + micros // 1000)
