@@ -38,5 +38,15 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/onsale bench engine
 
+## One load scenario (locust/scenarios/SCENARIO.conf), headless, against a
+## running `make up` (for all but rate-limit: ONSALE_RATE_LIMITS=off make up).
+## Reports and the verdict go to locust/reports/; the exit code is the verdict.
+##   make load SCENARIO=spike|ramp|soak|last-seat|rate-limit [LOAD_HOST=http://…]
+SCENARIO ?= spike
+LOAD_HOST ?= http://127.0.0.1:8000
+.PHONY: load
+load: $(STAMP)
+	$(BIN)/locust --config locust/scenarios/$(SCENARIO).conf --host $(LOAD_HOST) $(LOCUST_ARGS)
+
 clean:
 	rm -rf $(VENV) .onsale

@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.settings = settings
         state.jwt_secret = settings.jwt_secret or load_or_create_secret(settings.data_dir)
         state.tickets = TicketSigner.from_settings(settings.ticket_signing_key, settings.data_dir)
-        state.redis = redis_client(redis_url, cluster=settings.redis_cluster)
+        state.redis = redis_client(redis_url, cluster=settings.redis_cluster, pool_size=200)
         state.db = create_engine(database_url)
         state.engine = EngineClient(
             redis_url,

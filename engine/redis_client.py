@@ -12,17 +12,26 @@ from __future__ import annotations
 
 from typing import Any, TypeAlias, TypeGuard
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 
 AsyncRedis: TypeAlias = Redis | RedisCluster
 
 
-def redis_client(url: str, *, cluster: bool = False, **options: Any) -> AsyncRedis:
+def redis_client(
+    url: str, *, cluster: bool = False, pool_size: int | None = None, **options: Any
+) -> AsyncRedis:
     """A client for ``url``: with ``cluster``, a Redis Cluster that ``url``
-    names one node of (the client discovers the rest and follows MOVED)."""
+    names one node of (the client discovers the rest and follows MOVED).
+
+    ``pool_size`` (single Redis): at most that many connections, and a request
+    beyond them waits up to 5 s for one, where redis-py's default pool would
+    fail it at once (a 500 in a spike)."""
     if cluster:
         return RedisCluster.from_url(url, **options)
+    if pool_size is not None:
+        pool = BlockingConnectionPool.from_url(url, max_connections=pool_size, timeout=5, **options)
+        return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
     return Redis.from_url(url, **options)
 
 
