@@ -28,6 +28,7 @@ class TicketRecord:
     section_code: str
     seat_id: str | None
     status: str
+    serial: str  # signed into the ticket's token (api/ticketing.py)
 
 
 @dataclass(frozen=True)
@@ -135,12 +136,17 @@ async def get_order(db: AsyncEngine, order_id: str) -> OrderRecord | None:
             return None
         tickets = (
             await conn.execute(
-                select(Ticket).where(Ticket.order_id == order_id).order_by(Ticket.seat_id)
+                select(Ticket)
+                .where(Ticket.order_id == order_id)
+                .order_by(Ticket.section_code, Ticket.seat_id, Ticket.id)
             )
         ).all()
     return _order(
         row,
-        tuple(TicketRecord(t.id, t.event_id, t.section_code, t.seat_id, t.status) for t in tickets),
+        tuple(
+            TicketRecord(t.id, t.event_id, t.section_code, t.seat_id, t.status, t.serial)
+            for t in tickets
+        ),
     )
 
 

@@ -60,18 +60,6 @@ def _view(row: object) -> TicketView:
     return TicketView(*row)  # type: ignore[misc]
 
 
-async def tickets_of_order(db: AsyncEngine, order_id: str) -> list[TicketView]:
-    query = (
-        select(*_COLUMNS)
-        .join(Order, Order.id == Ticket.order_id)
-        .join(Event, Event.id == Order.event_id)
-        .where(Ticket.order_id == order_id)
-        .order_by(Ticket.section_code, Ticket.seat_id, Ticket.id)
-    )
-    async with db.connect() as conn:
-        return [_view(row) for row in (await conn.execute(query)).all()]
-
-
 async def get_ticket(db: AsyncEngine, ticket_id: uuid.UUID) -> TicketView | None:
     query = (
         select(*_COLUMNS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -17,6 +20,7 @@ from api.app import create_app
 from api.security import hash_password
 from api.settings import Settings
 from persistence import accounts
+from tests.sales import wait_for
 
 PASSWORD = "correct horse battery staple"
 
@@ -37,6 +41,27 @@ async def running_app(
         transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 40000))
         async with httpx.AsyncClient(transport=transport, base_url="http://onsale.test") as http:
             yield app, http
+
+
+@asynccontextmanager
+async def served(app: FastAPI, **config: Any) -> AsyncIterator[str]:
+    """``app`` under uvicorn in this process on a free port, for real sockets;
+    yields its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, **config))
+    serving = asyncio.ensure_future(server.serve(sockets=[sock]))
+    try:
+
+        async def started() -> bool:
+            return bool(server.started)  # uvicorn offers a flag, not an event: poll it
+
+        await wait_for(started, 60, "the in-process server to start")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await serving
 
 
 @dataclass

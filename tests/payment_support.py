@@ -12,12 +12,12 @@ import stripe
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.security import hash_password, issue_access_token
+from bench.simulate import GOOD_CARD, pay_with_card
 from persistence import accounts
 from tests.api_support import PASSWORD, unique_email
 from tests.conftest import LiveApi
 from tests.sales import wait_for
 
-GOOD_CARD = "4242424242424242"
 DECLINED_CARD = "4000000000000341"  # attaches, then the charge is declined
 
 
@@ -27,18 +27,7 @@ def stripe_client(api: LiveApi) -> stripe.StripeClient:
 
 def pay(api: LiveApi, intent_id: str, card: str = GOOD_CARD) -> str:
     """What a buyer's client does with the PaymentIntent: attach a card, confirm."""
-    client = stripe_client(api)
-    method = client.v1.payment_methods.create(
-        params={
-            "type": "card",
-            "card": {"number": card, "exp_month": 12, "exp_year": 2034, "cvc": "123"},
-        }
-    )
-    client.v1.payment_intents.update(intent_id, params={"payment_method": method.id})
-    try:
-        return str(client.v1.payment_intents.confirm(intent_id).status)
-    except stripe.CardError:
-        return "declined"
+    return pay_with_card(stripe_client(api), intent_id, card)
 
 
 def bearer(api: LiveApi, user_id: uuid.UUID, role: str = "customer") -> dict[str, str]:

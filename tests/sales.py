@@ -20,8 +20,10 @@ SECTIONS = [
 ]
 
 
-async def published_event(db: AsyncEngine, client: EngineClient) -> str:
-    event_id = uuid.uuid4().hex[:16]
+async def published_event(
+    db: AsyncEngine, client: EngineClient, event_id: str | None = None
+) -> str:
+    event_id = event_id or uuid.uuid4().hex[:16]
     await add_event(
         db,
         event_id,

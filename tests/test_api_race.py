@@ -10,14 +10,12 @@ hands out more than 10 holds, so this race can see an oversell.
 from __future__ import annotations
 
 import asyncio
-import socket
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
-import uvicorn
 from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -26,9 +24,8 @@ from api.security import issue_access_token
 from engine.client import EngineClient
 from engine.model import SeatedSection
 from tests import naive_inventory
-from tests.api_support import PASSWORD, unique_email
+from tests.api_support import PASSWORD, served, unique_email
 from tests.conftest import LiveApi
-from tests.sales import wait_for
 
 RACERS = 500
 LAST_SEATS = [f"A-10-{n}" for n in range(1, 11)]
@@ -144,21 +141,8 @@ def _naive_app(redis: Redis) -> FastAPI:
 
 
 async def _serve(app: FastAPI, run: Callable[[str], Awaitable[Any]]) -> Any:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    serving = asyncio.ensure_future(server.serve(sockets=[sock]))
-    try:
-
-        async def started() -> bool:
-            return bool(server.started)  # uvicorn offers a flag, not an event: poll it
-
-        await wait_for(started, 30, "the naive route's server to start")
-        return await run(f"http://127.0.0.1:{port}")
-    finally:
-        server.should_exit = True
-        await serving
+    async with served(app) as base_url:
+        return await run(base_url)
 
 
 async def test_negative_control_a_read_then_write_hold_route_oversells_under_the_same_race(

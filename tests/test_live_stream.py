@@ -7,15 +7,14 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
-import uvicorn
 import websockets
 from fastapi import FastAPI
 from redis.asyncio import Redis
@@ -27,7 +26,7 @@ from api.routers import live as live_routes
 from api.settings import Settings
 from engine.client import EngineClient
 from persistence import migrate
-from tests.api_support import on_sale_event, user_with_role
+from tests.api_support import on_sale_event, served, user_with_role
 from tests.conftest import LiveApi
 from tests.live_support import (
     ChangeClock,
@@ -164,22 +163,13 @@ async def server(
         jwt_secret="live-stream-tests-" + uuid.uuid4().hex,
     )
     app = create_app(settings)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", ws_per_message_deflate=False, lifespan="on")
-    uv = uvicorn.Server(config)
-    serving = asyncio.ensure_future(uv.serve(sockets=[sock]))
-
-    async def started() -> bool:
-        return bool(uv.started)  # uvicorn offers a flag, not an event: poll it
-
-    await wait_for(started, 60, "the in-process server to start")
-    base_url = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
-        yield InProcess(app, base_url, port, http)
-    uv.should_exit = True
-    await serving
+    # uvicorn's own WebSocket protocol: every delta takes the ASGI path through
+    # each viewer's queue (`onsale serve`'s direct writes are live_api's).
+    async with (
+        served(app, ws_per_message_deflate=False, lifespan="on") as base_url,
+        httpx.AsyncClient(base_url=base_url, timeout=30) as http,
+    ):
+        yield InProcess(app, base_url, int(urlsplit(base_url).port or 0), http)
 
 
 async def _event(server: InProcess, db: AsyncEngine, rows: int = 10, per_row: int = 20) -> str:

@@ -24,7 +24,6 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -47,14 +46,13 @@ from engine.model import (
 )
 from engine.redis_client import redis_client
 from engine.scripts import OUTBOX_REGISTRY, EventKeys, InventoryScripts
-from persistence.catalog import add_event, publish_event
 from persistence.rebuild import PostgresRestore
 from persistence.writer import OutboxWriter, run_writer
 from tests import test_engine_concurrency, test_engine_payments, test_lua_contract
 from tests.api_support import on_sale_event, register, running_app, user_with_role
 from tests.cluster_support import LocalCluster
 from tests.conftest import SMALL_MAP
-from tests.sales import SECTIONS, counts, sell, wait_for
+from tests.sales import counts, published_event, sell, wait_for
 from tests.test_lua_contract import loaded, wait_past
 
 __all__ = ["loaded"]  # the contract suite's fixture, on this module's ``scripts``
@@ -235,20 +233,6 @@ async def test_every_script_runs_on_every_shard_without_crossslot(
 # ---------------------------------------------------------------- write-behind
 
 
-async def _published_event(db: AsyncEngine, client: EngineClient, event_id: str) -> str:
-    await add_event(
-        db,
-        event_id,
-        name="Gig",
-        venue="Hall",
-        starts_at=datetime.now(UTC),
-        currency="EUR",
-        sections=SECTIONS,
-    )
-    await publish_event(db, client, event_id)
-    return event_id
-
-
 async def test_writer_records_sales_from_every_shard_once(
     db: AsyncEngine,
     client: EngineClient,
@@ -259,7 +243,7 @@ async def test_writer_records_sales_from_every_shard_once(
     # Only this test's events: the other tests' events have no rows in Postgres.
     await redis.delete(OUTBOX_REGISTRY)
     events = [
-        await _published_event(db, client, ids[0]) for ids in events_on_every_node(redis).values()
+        await published_event(db, client, ids[0]) for ids in events_on_every_node(redis).values()
     ]
     assert len({owner_port(cluster, EventKeys(e).meta) for e in events}) == 3
     stop = asyncio.Event()
@@ -310,7 +294,7 @@ async def test_lost_inventory_on_a_shard_is_rebuilt_from_postgres(
 ) -> None:
     await redis.delete(OUTBOX_REGISTRY)
     [ids, *_] = events_on_every_node(redis).values()
-    event_id = await _published_event(db, client, ids[0])
+    event_id = await published_event(db, client, ids[0])
     await sell(client, event_id, 12)
     await OutboxWriter(redis, db).drain()
     before = await client.snapshot(event_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -63,12 +64,17 @@ def order_out(order: OrderRecord) -> OrderOut:
     )
 
 
-def may_see(order: OrderRecord, user: Principal) -> bool:
+def may_see_sale(customer_id: str, organizer_id: uuid.UUID | None, user: Principal) -> bool:
+    """An order and its tickets: to the buyer, the event's organizer, admins."""
     return (
         user.role == "admin"
-        or order.customer_id == user.customer_id
-        or (order.event_organizer_id is not None and order.event_organizer_id == user.user_id)
+        or customer_id == user.customer_id
+        or (organizer_id is not None and organizer_id == user.user_id)
     )
+
+
+def may_see(order: OrderRecord, user: Principal) -> bool:
+    return may_see_sale(order.customer_id, order.event_organizer_id, user)
 
 
 @router.post(
