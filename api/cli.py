@@ -10,6 +10,9 @@ from api.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
+    from engine.runtime import keep_local_ray_on_loopback
+
+    keep_local_ray_on_loopback()  # before any command imports Ray
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["simulate"]:  # its options are its own (argparse would take them here)
         from bench import simulate as simulator
