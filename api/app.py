@@ -14,17 +14,17 @@ from api import errors
 from api.event_cache import EventCache
 from api.live import LiveHub
 from api.observability import RequestMiddleware, configure_logging, observe_batch
-from api.payments import Payments
 from api.ratelimit import RateLimiter
 from api.routers import admin, auth, events, health, holds, live, orders, tickets, webhooks
-from api.security import load_or_create_secret
 from api.settings import Settings, get_settings
-from api.ticketing import TicketSigner
 from engine import runtime
 from engine.client import EngineClient
 from engine.redis_client import redis_client
 from persistence.db import create_engine
 from persistence.rebuild import PostgresRestore
+from persistence.secrets import load_or_create_secret
+from sales.payments import Payments
+from sales.ticketing import TicketSigner
 
 DESCRIPTION = """
 Ticket on-sale engine: holds that never oversell, a live seat map, write-behind

@@ -8,16 +8,21 @@ from __future__ import annotations
 
 from typing import Annotated, TypeVar
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.errors import ApiError
-from api.security import InvalidToken, Principal, read_access_token
+from api.event_cache import EventCache
+from api.security import InvalidToken, read_access_token
 from api.settings import Settings
 from engine.client import EngineClient
+from sales.access import Principal
+from sales.payments import Payments
+from sales.ticketing import TicketSigner
+from sales.vocabulary import Role
 
 
 async def _db(request: Request) -> AsyncEngine:
@@ -36,10 +41,25 @@ async def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+async def _events(request: Request) -> EventCache:
+    return request.app.state.event_cache
+
+
+async def _payments(request: Request) -> Payments | None:
+    return request.app.state.payments
+
+
+async def _signer(request: Request) -> TicketSigner:
+    return request.app.state.tickets
+
+
 DbDep = Annotated[AsyncEngine, Depends(_db)]
 EngineDep = Annotated[EngineClient, Depends(_engine)]
 RedisDep = Annotated[Redis, Depends(_redis)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
+EventsDep = Annotated[EventCache, Depends(_events)]
+PaymentsDep = Annotated[Payments | None, Depends(_payments)]
+SignerDep = Annotated[TicketSigner, Depends(_signer)]
 
 
 async def _principal(request: Request) -> Principal:
@@ -65,6 +85,11 @@ async def _principal(request: Request) -> Principal:
 
 CurrentUser = Annotated[Principal, Depends(_principal)]
 
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", description="a retry with the same key gets the first answer"),
+]
+
 
 async def _optional_principal(request: Request) -> Principal | None:
     """The caller if a token came with the request (public reads that show
@@ -77,7 +102,7 @@ async def _optional_principal(request: Request) -> Principal | None:
 OptionalUser = Annotated[Principal | None, Depends(_optional_principal)]
 
 
-def require_role(*roles: str) -> object:
+def require_role(*roles: Role) -> object:
     async def check(request: Request) -> Principal:
         user = await _principal(request)  # called, not depended on: one level, not two
         if user.role not in roles:
@@ -87,13 +112,13 @@ def require_role(*roles: str) -> object:
     return Depends(check)
 
 
-Customer = Annotated[Principal, require_role("customer")]
+Customer = Annotated[Principal, require_role(Role.CUSTOMER)]
 
 
 async def customer(request: Request) -> Principal:
     """``Customer`` for a route that calls rather than depends (the hold path)."""
     user = await _principal(request)
-    if user.role != "customer":
+    if user.role is not Role.CUSTOMER:
         raise ApiError("forbidden", "this needs the role customer")
     return user
 
@@ -115,5 +140,5 @@ async def parse_body(request: Request, model: type[_M]) -> _M:
         raise RequestValidationError(errors) from exc
 
 
-Organizer = Annotated[Principal, require_role("organizer", "admin")]
-Admin = Annotated[Principal, require_role("admin")]
+Organizer = Annotated[Principal, require_role(Role.ORGANIZER, Role.ADMIN)]
+Admin = Annotated[Principal, require_role(Role.ADMIN)]

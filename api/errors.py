@@ -1,7 +1,7 @@
 """Every error the API sends, in one table, and the handlers that send them.
 
-Clients key on ``code``; titles are for people. Engine errors are mapped here
-and nowhere else.
+Clients key on ``code``; titles are for people. Engine errors and the sale's
+refusals (:class:`sales.errors.SaleRefused`) are mapped here and nowhere else.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.problems import problem
 from engine.errors import EngineError
+from sales.errors import SaleRefused
 
 # code -> (HTTP status, title)
 PROBLEMS: dict[str, tuple[int, str]] = {
@@ -120,6 +121,10 @@ def from_engine(exc: EngineError) -> ApiError:
     return ApiError(code, detail, **extra)
 
 
+def from_sale(exc: SaleRefused) -> ApiError:
+    return ApiError(exc.code, exc.detail, **exc.context)
+
+
 _HTTP_CODES = {
     400: "invalid_request",
     401: "invalid_token",
@@ -138,6 +143,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(EngineError)
     async def engine_error(_: Request, exc: EngineError) -> JSONResponse:
         return from_engine(exc).response()
+
+    @app.exception_handler(SaleRefused)
+    async def sale_refused(_: Request, exc: SaleRefused) -> JSONResponse:
+        return from_sale(exc).response()
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -16,6 +16,7 @@ import time
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.events import EventRecord, get_event
+from sales.vocabulary import EventStatus
 
 TTL_S = 5.0
 MAX_ENTRIES = 10_000
@@ -31,7 +32,7 @@ class EventCache:
         hit = self._entries.get(event_id)
         if hit is not None and time.monotonic() - hit[0] < TTL_S:
             event = hit[1]
-            if not want_on_sale or (event is not None and event.status == "on_sale"):
+            if not want_on_sale or (event is not None and event.status is EventStatus.ON_SALE):
                 return event
         pending = self._fetching.get(event_id)
         if pending is not None:

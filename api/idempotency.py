@@ -17,9 +17,10 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from api.errors import ApiError, from_engine
+from api.errors import ApiError, from_engine, from_sale
 from engine.errors import EngineError
 from engine.redis_client import AsyncRedis
+from sales.errors import SaleRefused
 
 KEEP_S = 24 * 3600
 CLAIM_S = 30  # longer than any request may take; a crashed one frees its key
@@ -77,8 +78,13 @@ async def _run(handler: Callable[[], Awaitable[tuple[int, Any]]]) -> JSONRespons
     try:
         status, body = await handler()
         return JSONResponse(body, status_code=status)
-    except (ApiError, EngineError) as exc:
-        error = exc if isinstance(exc, ApiError) else from_engine(exc)
+    except (ApiError, EngineError, SaleRefused) as exc:
+        if isinstance(exc, ApiError):
+            error = exc
+        elif isinstance(exc, SaleRefused):
+            error = from_sale(exc)
+        else:
+            error = from_engine(exc)
         if error.status >= 500:
             raise
         return error.response()

@@ -1,7 +1,8 @@
-"""Request and response bodies of the public contract (../shared/API.md).
+"""Request and response bodies of the public contract (docs/API.md).
 
 Separate from the tables on purpose: what clients see changes only with the
-contract, whatever the schema underneath does.
+contract, whatever the schema underneath does. Statuses, roles and kinds are
+the words of :mod:`sales.vocabulary`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, model_validator
 
-Role = Literal["customer", "organizer", "admin"]
+from sales.vocabulary import (
+    ApplicationStatus,
+    EventStatus,
+    HoldStatus,
+    OrderStatus,
+    Role,
+    SeatStatus,
+    SectionKind,
+    TicketStatus,
+)
+
 Text200 = Annotated[str, Field(min_length=1, max_length=200)]
 SectionCode = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$")]
 SeatId = Annotated[
@@ -78,7 +89,7 @@ class ApplicationOut(BaseModel):
     id: uuid.UUID
     user_id: uuid.UUID
     organization: str
-    status: Literal["pending", "approved", "rejected"]
+    status: ApplicationStatus
     created_at: datetime
     decided_at: datetime | None
 
@@ -118,7 +129,7 @@ class EventPatch(Body):
 
 
 class SeatedSectionIn(Body):
-    kind: Literal["seated"]
+    kind: Literal[SectionKind.SEATED]
     code: SectionCode
     name: Text200
     price_cents: int = Field(ge=0, le=100_000_000)
@@ -127,7 +138,7 @@ class SeatedSectionIn(Body):
 
 
 class GeneralSectionIn(Body):
-    kind: Literal["general"]
+    kind: Literal[SectionKind.GENERAL]
     code: SectionCode
     name: Text200
     price_cents: int = Field(ge=0, le=100_000_000)
@@ -140,7 +151,7 @@ SectionIn = Annotated[SeatedSectionIn | GeneralSectionIn, Field(discriminator="k
 class SectionOut(BaseModel):
     code: str
     name: str
-    kind: Literal["seated", "general"]
+    kind: SectionKind
     price_cents: int
     capacity: int
     rows: int | None = None
@@ -155,7 +166,7 @@ class EventOut(BaseModel):
     description: str | None
     starts_at: datetime
     currency: str
-    status: Literal["draft", "on_sale", "closed", "cancelled"]
+    status: EventStatus
     hold_ttl_s: int
     max_tickets_per_customer: int
     created_at: datetime
@@ -172,7 +183,7 @@ class EventPage(BaseModel):
 
 class SectionAvailabilityOut(BaseModel):
     code: str
-    kind: Literal["seated", "general"]
+    kind: SectionKind
     capacity: int
     available: int
     held: int
@@ -186,7 +197,7 @@ class AvailabilityOut(BaseModel):
 
 class SeatOut(BaseModel):
     id: str
-    status: Literal["available", "held", "sold"]
+    status: SeatStatus
 
 
 class SeatsOut(BaseModel):
@@ -216,7 +227,7 @@ class HoldIn(Body):
 class HoldOut(BaseModel):
     hold_id: str
     event_id: str
-    status: Literal["held", "released", "expired", "confirmed"] = "held"
+    status: HoldStatus = HoldStatus.HELD
     seats: list[str] | None = None
     section: str | None = None
     quantity: int
@@ -247,7 +258,7 @@ class TicketOut(BaseModel):
     event_id: str
     seat: str | None = None
     section: str
-    status: str
+    status: TicketStatus
 
 
 class TicketTokenOut(TicketOut):
@@ -258,7 +269,7 @@ class TicketTokenOut(TicketOut):
 
 class TicketList(BaseModel):
     order_id: str
-    order_status: str
+    order_status: OrderStatus
     items: list[TicketTokenOut]
 
 
@@ -293,7 +304,7 @@ class OrderOut(BaseModel):
     order_id: str
     event_id: str
     hold_id: str
-    status: Literal["pending_payment", "paid", "refunded", "expired", "cancelled"]
+    status: OrderStatus
     amount_cents: int | None
     currency: str | None
     created_at: datetime

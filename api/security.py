@@ -8,17 +8,16 @@ SHA-256 is stored, so a database leak does not leak sessions.
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+
+from sales.access import Principal
+from sales.vocabulary import Role
 
 ALGORITHM = "HS256"
 ISSUER = "onsale"
@@ -39,28 +38,15 @@ def verify_password(password_hash: str | None, password: str) -> bool:
         return False
 
 
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling, as the access token says."""
-
-    user_id: uuid.UUID
-    role: str
-
-    @property
-    def customer_id(self) -> str:
-        """The id the engine knows this user by (holds, per-customer limits)."""
-        return self.user_id.hex
-
-
 class InvalidToken(Exception):
     pass
 
 
-def issue_access_token(secret: str, user_id: uuid.UUID, role: str, ttl_s: int) -> str:
+def issue_access_token(secret: str, user_id: uuid.UUID, role: Role, ttl_s: int) -> str:
     now = int(time.time())
     claims = {
         "sub": str(user_id),
-        "role": role,
+        "role": str(role),
         "iat": now,
         "exp": now + ttl_s,
         "iss": ISSUER,
@@ -96,7 +82,7 @@ def _decode_access_token(secret: str, token: str) -> tuple[Principal, float]:
             issuer=ISSUER,
             options={"require": ["exp", "iat", "sub", "iss"]},
         )
-        return Principal(uuid.UUID(claims["sub"]), str(claims["role"])), float(claims["exp"])
+        return Principal(uuid.UUID(claims["sub"]), Role(claims["role"])), float(claims["exp"])
     except jwt.ExpiredSignatureError as exc:
         raise InvalidToken("the access token has expired") from exc
     except (jwt.PyJWTError, ValueError, KeyError) as exc:
@@ -111,25 +97,3 @@ def new_refresh_token() -> tuple[str, str]:
 
 def refresh_token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def load_or_create_secret(
-    data_dir: Path, name: str = "jwt-secret", make: Callable[[], str] | None = None
-) -> str:
-    """The embedded default's signing key: generated once (by ``make``, a
-    random token by default) into the data directory (mode 0600), shared by
-    every worker, never committed."""
-    path = data_dir / name
-    data_dir.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        tmp = data_dir / f".{name}.{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(make() if make else secrets.token_urlsafe(48))
-        try:
-            os.link(tmp, path)  # atomic: the first worker's secret wins, whole
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
-    return path.read_text().strip()

@@ -10,19 +10,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.security import hash_password
 from persistence import accounts
-from persistence.catalog import InventoryLoader, SectionSpec, add_event, publish_event
-from persistence.models import Event
+from persistence.catalog import InventoryLoader
+from persistence.events import EventDraft, SectionSpec, event_status
+from sales import catalog
+from sales.vocabulary import EventStatus, Role, SectionKind
 
 DEMO_EVENT_ID = "demo"
 DEMO_SECTIONS = [
-    SectionSpec("HALL", "Main hall", 6500, "seated", rows=40, seats_per_row=75),  # 3,000 seats
-    SectionSpec("FLOOR", "Standing floor", 3900, "general", capacity=1500),
-]
+    SectionSpec("HALL", "Main hall", 6500, SectionKind.SEATED, rows=40, seats_per_row=75),
+    SectionSpec("FLOOR", "Standing floor", 3900, SectionKind.GENERAL, capacity=1500),
+]  # 3,000 seats and 1,500 standing places
 ADMIN_EMAIL = "admin@example.com"  # RFC 2606: never a real mailbox; change it in production
 
 
@@ -37,9 +38,9 @@ async def create_admin(db: AsyncEngine, email: str, password: str) -> None:
     with this password."""
     existing = await accounts.user_by_email(db, email)
     if existing is None:
-        await accounts.create_user(db, email, hash_password(password), "Administrator", "admin")
+        await accounts.create_user(db, email, hash_password(password), "Administrator", Role.ADMIN)
     else:
-        await accounts.set_role(db, existing.id, "admin")
+        await accounts.set_role(db, existing.id, Role.ADMIN)
         await accounts.set_password(db, existing.id, hash_password(password))
 
 
@@ -62,25 +63,21 @@ async def seed_admin(db: AsyncEngine, data_dir: Path) -> Credentials:
 
 async def seed_demo_event(db: AsyncEngine, engine: InventoryLoader) -> str:
     """A seated hall of 3,000 seats and a standing floor, on sale (once)."""
-    async with db.connect() as conn:
-        status = (
-            await conn.execute(select(Event.status).where(Event.id == DEMO_EVENT_ID))
-        ).scalar_one_or_none()
+    status = await event_status(db, DEMO_EVENT_ID)
     admin = await accounts.user_by_email(db, ADMIN_EMAIL)
-    if status in ("closed", "cancelled"):
+    if status in (EventStatus.CLOSED, EventStatus.CANCELLED):
         return DEMO_EVENT_ID  # someone ended the demo: leave it so
     if status is None:
-        await add_event(
-            db,
-            DEMO_EVENT_ID,
+        draft = EventDraft(
             name="onsale demo night",
             venue="Demo Hall",
             starts_at=datetime.now(UTC).replace(microsecond=0) + timedelta(days=30),
             currency="EUR",
-            sections=DEMO_SECTIONS,
             hold_ttl_s=600,
             max_tickets_per_customer=8,
-            organizer_id=admin.id if admin else None,
         )
-    await publish_event(db, engine, DEMO_EVENT_ID)  # loads Redis if it lost the event
+        await catalog.create_event(
+            db, admin.id if admin else None, draft, DEMO_SECTIONS, event_id=DEMO_EVENT_ID
+        )
+    await catalog.put_on_sale(db, engine, DEMO_EVENT_ID)  # loads Redis if it lost the event
     return DEMO_EVENT_ID

@@ -1,4 +1,4 @@
-"""onsale's one Settings object, read from the environment (names in API.md)."""
+"""onsale's one Settings object, read from the environment (names in docs/API.md)."""
 
 from __future__ import annotations
 

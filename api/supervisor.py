@@ -61,7 +61,7 @@ def embedded_stack(
             settings.database_url = postgres.start()
             log.info("embedded Postgres on %s", settings.database_url)
         if with_payments and not settings.stripe_secret_key:
-            from api.localstripe import EmbeddedStripe, test_key, webhook_secret
+            from sales.testmode import EmbeddedStripe, test_key, webhook_secret
 
             localstripe = EmbeddedStripe(data_dir / "localstripe")
             started.append(localstripe)

@@ -44,9 +44,11 @@ from api.supervisor import embedded_stack
 from bench.engine import PG_SCHEMA
 from bench.http_server import BASELINE_RUN
 from engine.client import EngineClient
-from persistence.catalog import SectionSpec, add_event, publish_event
 from persistence.db import create_engine
 from persistence.embedded import free_port
+from persistence.events import EventDraft, SectionSpec
+from sales import catalog
+from sales.vocabulary import Role, SectionKind
 
 GA_CAPACITY = 50_000_000
 MODES = ("healthz", "holds", "baseline")
@@ -182,12 +184,10 @@ async def prepare(database_url: str, redis_url: str) -> tuple[str, str]:
     event_id = f"bench-http-{uuid.uuid4().hex[:8]}"
     run_id = uuid.uuid4().hex
     try:
-        await add_event(
-            db, event_id, name="HTTP bench", venue="Bench", currency="EUR",
-            starts_at=datetime.now(UTC), hold_ttl_s=600,
-            sections=[SectionSpec("GA", "Floor", 3000, "general", capacity=GA_CAPACITY)],
-        )  # fmt: skip
-        await publish_event(db, engine, event_id)
+        draft = EventDraft("HTTP bench", "Bench", datetime.now(UTC), "EUR", hold_ttl_s=600)
+        floor = SectionSpec("GA", "Floor", 3000, SectionKind.GENERAL, capacity=GA_CAPACITY)
+        await catalog.create_event(db, None, draft, [floor], event_id=event_id)
+        await catalog.put_on_sale(db, engine, event_id)
     finally:
         await engine.aclose()
         await db.dispose()
@@ -251,7 +251,7 @@ def bench(
     secret = secrets.token_urlsafe(32)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    token = issue_access_token(secret, uuid.uuid4(), "customer", 3600)
+    token = issue_access_token(secret, uuid.uuid4(), Role.CUSTOMER, 3600)
     auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     body = json.dumps({"section": "GA", "quantity": 1}).encode()
     targets = {

@@ -30,10 +30,11 @@ from typing import Any
 
 import asyncpg
 import httpx
-import stripe
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from sales.testmode import pay_with_card, stripe_client
 
 PASSWORD = "simulated buyer password"
 
@@ -139,27 +140,8 @@ class Buyer:
             self.tally.paid += status == "succeeded"
 
 
-GOOD_CARD = "4242424242424242"  # Stripe's test card that pays
-
-
-def pay_with_card(client: stripe.StripeClient, intent_id: str, card: str = GOOD_CARD) -> str:
-    """What a buyer's client does with a PaymentIntent: attach a card, confirm.
-    Returns the intent's status, or "declined"."""
-    method = client.v1.payment_methods.create(
-        params={
-            "type": "card",
-            "card": {"number": card, "exp_month": 12, "exp_year": 2034, "cvc": "123"},
-        }
-    )
-    client.v1.payment_intents.update(intent_id, params={"payment_method": method.id})
-    try:
-        return str(client.v1.payment_intents.confirm(intent_id).status)
-    except stripe.CardError:
-        return "declined"
-
-
 def stripe_payer(api_key: str, api_base: str | None) -> Any:
-    client = stripe.StripeClient(api_key, base_addresses={"api": api_base} if api_base else {})
+    client = stripe_client(api_key, api_base)
     return lambda intent_id: pay_with_card(client, intent_id)
 
 

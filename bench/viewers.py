@@ -66,9 +66,11 @@ from bench.http import launch_until_ready
 from engine.client import EngineClient
 from engine.errors import EngineError
 from engine.scripts import EventKeys
-from persistence.catalog import SectionSpec, add_event, publish_event
 from persistence.db import create_engine
 from persistence.embedded import free_port
+from persistence.events import EventDraft, SectionSpec
+from sales import catalog
+from sales.vocabulary import SectionKind
 
 TARGET_VIEWERS, TARGET_P99_MS = 5000, 250.0
 DELTA = re.compile(rb'"version":(\d+),"from_version":(\d+)')
@@ -351,13 +353,13 @@ async def prepare(ready: Settings) -> str:
     engine = EngineClient(ready.redis_url or "")
     event_id = f"bench-viewers-{uuid.uuid4().hex[:8]}"
     try:
-        await add_event(
-            db, event_id, name="Viewer bench", venue="Bench", currency="EUR",
-            starts_at=datetime.now(UTC), hold_ttl_s=600,
-            sections=[SectionSpec("HALL", "Hall", 5000, "seated", rows=40, seats_per_row=75),
-                      SectionSpec("FLOOR", "Floor", 3000, "general", capacity=1500)],
-        )  # fmt: skip
-        await publish_event(db, engine, event_id)
+        draft = EventDraft("Viewer bench", "Bench", datetime.now(UTC), "EUR", hold_ttl_s=600)
+        sections = [
+            SectionSpec("HALL", "Hall", 5000, SectionKind.SEATED, rows=40, seats_per_row=75),
+            SectionSpec("FLOOR", "Floor", 3000, SectionKind.GENERAL, capacity=1500),
+        ]
+        await catalog.create_event(db, None, draft, sections, event_id=event_id)
+        await catalog.put_on_sale(db, engine, event_id)
     finally:
         await engine.aclose()
         await db.dispose()

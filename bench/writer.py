@@ -44,13 +44,15 @@ from api.supervisor import embedded_stack
 from engine.client import EngineClient
 from engine.model import ConfirmHold, GeneralSection, HoldQuantity, HoldSeats
 from engine.scripts import EventKeys, InventoryScripts
-from persistence.catalog import SectionSpec, add_event, publish_event
 from persistence.db import create_engine
-from persistence.writer import Entry, OutboxWriter, write_entries
+from persistence.events import EventDraft, SectionSpec
+from persistence.writer import OutboxWriter, decode_entry, write_entries
+from sales import catalog
+from sales.vocabulary import SectionKind
 
 SECTIONS = [
-    SectionSpec("A", "Stalls", 5000, "seated", rows=100, seats_per_row=100),
-    SectionSpec("GA", "Floor", 3000, "general", capacity=200_000),
+    SectionSpec("A", "Stalls", 5000, SectionKind.SEATED, rows=100, seats_per_row=100),
+    SectionSpec("GA", "Floor", 3000, SectionKind.GENERAL, capacity=200_000),
 ]
 
 
@@ -68,16 +70,11 @@ class Figure:
 async def fill_outbox(db: AsyncEngine, scripts: InventoryScripts, orders: int, seed: int) -> str:
     """A published event whose outbox holds ``orders`` confirmations."""
     event_id = f"bench-{uuid.uuid4().hex[:10]}"
-    await add_event(
-        db,
-        event_id,
-        name="Writer bench",
-        venue="Bench",
-        currency="EUR",
-        starts_at=datetime.now(UTC),
-        sections=SECTIONS,
+    draft = EventDraft(
+        name="Writer bench", venue="Bench", starts_at=datetime.now(UTC), currency="EUR"
     )
-    await publish_event(db, scripts, event_id)
+    await catalog.create_event(db, None, draft, SECTIONS, event_id=event_id)
+    await catalog.put_on_sale(db, scripts, event_id)
     rng, next_seat = random.Random(seed), 0
     for start in range(0, orders, 500):
         commands: list[HoldSeats | HoldQuantity | ConfirmHold] = []
@@ -126,9 +123,7 @@ async def run_single_rows(
     event_id = await fill_outbox(db, scripts, orders, seed)
     stream = EventKeys(event_id).outbox
     raw: Any = await redis.xrange(stream)
-    entries = [
-        Entry(stream, i.decode(), {k.decode(): v.decode() for k, v in f.items()}) for i, f in raw
-    ]
+    entries = [decode_entry(stream, i, f) for i, f in raw]
     began = time.perf_counter()
     written = 0
     for entry in entries:

@@ -20,7 +20,7 @@ from typing import cast
 import ray
 from ray.actor import ActorHandle
 
-from engine.model import Section
+from engine.model import EventStatus, Section
 from engine.redis_client import redis_client
 from engine.runtime import NAMESPACE
 from engine.scripts import EventKeys, InventoryScripts
@@ -81,13 +81,13 @@ class EventActor:
         return await future
 
     async def load_inventory(
-        self, sections: list[Section], status: str, max_per_customer: int
+        self, sections: list[Section], status: EventStatus, max_per_customer: int
     ) -> bool:
         return await self._scripts.load_inventory(
             self.event_id, sections, status=status, max_per_customer=max_per_customer
         )
 
-    async def set_status(self, status: str) -> str:
+    async def set_status(self, status: EventStatus) -> EventStatus:
         return await self._scripts.set_status(self.event_id, status)
 
     async def stats(self) -> dict[str, int]:

@@ -25,6 +25,7 @@ from engine.errors import EngineError, EngineTimeout, EngineUnavailable
 from engine.model import (
     Command,
     ConfirmHold,
+    EventStatus,
     ExtendHold,
     HoldPlaced,
     HoldQuantity,
@@ -264,7 +265,7 @@ class EngineClient:
         event_id: str,
         sections: Sequence[Section],
         *,
-        status: str = "on_sale",
+        status: EventStatus = EventStatus.ON_SALE,
         max_per_customer: int = 0,
     ) -> bool:
         """Loads an event's seat map into Redis (once) and starts its actor."""
@@ -275,8 +276,10 @@ class EngineClient:
             )
         )
 
-    async def set_status(self, event_id: str, status: str) -> str:
-        return str(await self._await(event_id, self.actor(event_id).set_status.remote(status)))
+    async def set_status(self, event_id: str, status: EventStatus) -> EventStatus:
+        """Opens, closes or cancels the sale in Redis; returns the previous status."""
+        previous = await self._await(event_id, self.actor(event_id).set_status.remote(status))
+        return EventStatus(previous)
 
     async def snapshot(self, event_id: str) -> Snapshot:
         return await self._scripts.snapshot(event_id)

@@ -9,9 +9,53 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Literal
 
 from engine.errors import EngineError, error_from_code
+
+# ---------------------------------------------------------------- vocabulary
+# The words the engine and everything around it share (the Lua scripts use the
+# same strings). ``sales.vocabulary`` adds the words the engine has no use for.
+
+
+class EventStatus(StrEnum):
+    """An event's lifecycle; only the last three are ever loaded into Redis."""
+
+    DRAFT = "draft"
+    ON_SALE = "on_sale"
+    CLOSED = "closed"
+    CANCELLED = "cancelled"
+
+
+class SectionKind(StrEnum):
+    SEATED = "seated"  # held seat by seat
+    GENERAL = "general"  # general admission, held by quantity
+
+
+class HoldStatus(StrEnum):
+    """A hold's record in Redis (lib.lua's ``st``). A held hold whose time is
+    up reads ``expired`` before any sweep has made that visible."""
+
+    HELD = "held"
+    RELEASED = "released"
+    EXPIRED = "expired"
+    CONFIRMED = "confirmed"
+    REFUNDED = "refunded"
+
+
+class SeatStatus(StrEnum):
+    """A seat on the map; Redis stores only the taken ones."""
+
+    AVAILABLE = "available"
+    HELD = "held"
+    SOLD = "sold"
+
+
+# ---------------------------------------------------------------- seat ids
+# "<section>-<row>-<seat>", rows and seats from 1 (DESIGN.md, "Seat ids"). The
+# Lua scripts keep their own copy of this rule: ``section_of`` in lua/lib.lua
+# and the seat loop of lua/load_inventory.lua.
 
 SEAT_ID = re.compile(r"^(?P<section>[A-Za-z0-9_]+)-(?P<row>[1-9][0-9]*)-(?P<seat>[1-9][0-9]*)$")
 
@@ -21,10 +65,20 @@ def seat_id(section: str, row: int, seat: int) -> str:
 
 
 def section_of(seat: str) -> str:
+    """The section code of a seat id; ValueError if it is not one."""
     match = SEAT_ID.match(seat)
     if match is None:
         raise ValueError(f"not a seat id: {seat!r}")
     return match["section"]
+
+
+def seat_ids(section: str, rows: int, seats_per_row: int) -> list[str]:
+    """Every seat of a seated section, row by row."""
+    return [
+        seat_id(section, row, seat)
+        for row in range(1, rows + 1)
+        for seat in range(1, seats_per_row + 1)
+    ]
 
 
 @dataclass(frozen=True)
@@ -32,18 +86,14 @@ class SeatedSection:
     code: str
     rows: int
     seats_per_row: int
-    kind: Literal["seated"] = "seated"
+    kind: Literal[SectionKind.SEATED] = SectionKind.SEATED
 
     @property
     def capacity(self) -> int:
         return self.rows * self.seats_per_row
 
     def seat_ids(self) -> list[str]:
-        return [
-            seat_id(self.code, row, seat)
-            for row in range(1, self.rows + 1)
-            for seat in range(1, self.seats_per_row + 1)
-        ]
+        return seat_ids(self.code, self.rows, self.seats_per_row)
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -58,7 +108,7 @@ class SeatedSection:
 class GeneralSection:
     code: str
     capacity: int
-    kind: Literal["general"] = "general"
+    kind: Literal[SectionKind.GENERAL] = SectionKind.GENERAL
 
     def to_wire(self) -> dict[str, Any]:
         return {"code": self.code, "kind": self.kind, "capacity": self.capacity}
@@ -210,7 +260,7 @@ class HoldPlaced:
     expires_at_ms: int
     seats: tuple[str, ...] | None
     section: str | None
-    status: str
+    status: HoldStatus
     replayed: bool
 
 
@@ -218,7 +268,7 @@ class HoldPlaced:
 class HoldReleased:
     hold_id: str
     released: bool
-    status: str
+    status: HoldStatus
 
 
 @dataclass(frozen=True)
@@ -253,12 +303,14 @@ def outcome_from_wire(command: Command, raw: dict[str, Any]) -> Outcome | Engine
             expires_at_ms=int(raw["expires_at_ms"]),
             seats=tuple(seats) if seats else None,
             section=raw.get("section"),
-            status=raw["status"],
+            status=HoldStatus(raw["status"]),
             replayed=bool(raw["replayed"]),
         )
     if isinstance(command, ReleaseHold):
         return HoldReleased(
-            hold_id=raw["hold_id"], released=bool(raw["released"]), status=raw["status"]
+            hold_id=raw["hold_id"],
+            released=bool(raw["released"]),
+            status=HoldStatus(raw["status"]),
         )
     return SaleConfirmed(
         hold_id=raw["hold_id"], order_id=raw["order_id"], replayed=bool(raw["replayed"])
@@ -276,14 +328,14 @@ class HoldView:
     expires_at_ms: int
     seats: tuple[str, ...] | None
     section: str | None
-    status: str  # held | released | expired | confirmed
+    status: HoldStatus
     order_id: str | None
 
     @classmethod
     def from_record(cls, hold_id: str, rec: dict[str, Any], now_ms: int) -> HoldView:
-        status = rec["st"]
-        if status == "held" and int(rec["e"]) <= now_ms:
-            status = "expired"
+        status = HoldStatus(rec["st"])
+        if status is HoldStatus.HELD and int(rec["e"]) <= now_ms:
+            status = HoldStatus.EXPIRED
         seats = rec.get("seats")
         return cls(
             hold_id=hold_id,
@@ -300,7 +352,7 @@ class HoldView:
 @dataclass(frozen=True)
 class SectionAvailability:
     code: str
-    kind: str
+    kind: SectionKind
     capacity: int
     available: int
     held: int
@@ -310,10 +362,10 @@ class SectionAvailability:
 @dataclass(frozen=True)
 class Snapshot:
     version: int
-    status: str
+    status: EventStatus
     max_per_customer: int
     sections: tuple[SectionAvailability, ...]
-    seats: dict[str, str]  # seat id -> "held" | "sold"; absent means available
+    seats: dict[str, str]  # seat id -> SeatStatus "held" | "sold"; absent means available
 
     def section(self, code: str) -> SectionAvailability:
         for s in self.sections:

@@ -18,12 +18,17 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 
 from engine.errors import InvalidInventory, error_from_code
-from engine.model import Command, HoldView, Section, SectionAvailability, Snapshot
+from engine.model import (
+    Command,
+    EventStatus,
+    HoldView,
+    Section,
+    SectionAvailability,
+    SectionKind,
+    Snapshot,
+)
+from engine.outbox import OUTBOX_REGISTRY
 from engine.redis_client import AsyncRedis, beside
-
-# Every event's outbox stream, for the Postgres writer to find. Not an event
-# key: only Python touches it, never a script, so it may live in any slot.
-OUTBOX_REGISTRY = "onsale:outboxes"
 
 
 def _lua(name: str) -> str:
@@ -122,21 +127,21 @@ class InventoryScripts:
         event_id: str,
         sections: Sequence[Section],
         *,
-        status: str = "on_sale",
+        status: EventStatus = EventStatus.ON_SALE,
         max_per_customer: int = 0,
         sold: dict[str, Any] | None = None,
     ) -> bool:
         """Loads the seat map once; returns False if it was already loaded.
 
-        ``sold`` marks what Postgres already recorded, when rebuilding (see
-        lua/load_inventory.lua for its shape).
+        ``sold`` marks what Postgres already recorded, and the refunds already
+        made, when rebuilding (see lua/load_inventory.lua for its shape).
         """
         keys = EventKeys(event_id)
         wire = json.dumps([s.to_wire() for s in sections])
         raw = json.loads(
             await self._load(
-                keys=[*keys.inventory_keys(), keys.customers],
-                args=[event_id, status, max_per_customer, wire, json.dumps(sold or {})],
+                keys=[*keys.inventory_keys(), keys.customers, keys.holds],
+                args=[event_id, str(status), max_per_customer, wire, json.dumps(sold or {})],
             )
         )
         if not raw["ok"]:
@@ -144,12 +149,14 @@ class InventoryScripts:
         await self.redis.sadd(OUTBOX_REGISTRY, keys.outbox)
         return bool(raw["loaded"])
 
-    async def set_status(self, event_id: str, status: str) -> str:
+    async def set_status(self, event_id: str, status: EventStatus) -> EventStatus:
         """Sets the sale status; returns the previous one."""
-        raw = json.loads(await self._set_status(keys=[EventKeys(event_id).meta], args=[status]))
+        raw = json.loads(
+            await self._set_status(keys=[EventKeys(event_id).meta], args=[str(status)])
+        )
         if not raw["ok"]:
             raise error_from_code(raw["code"], detail=raw.get("detail"))
-        return str(raw["previous"])
+        return EventStatus(raw["previous"])
 
     async def apply(self, event_id: str, commands: Sequence[Command]) -> BatchResult:
         """Applies commands in order in one script call; one result each."""
@@ -233,8 +240,11 @@ class InventoryScripts:
         seats = raw["seats"] if isinstance(raw["seats"], dict) else {}
         return Snapshot(
             version=int(raw["version"]),
-            status=raw["status"],
+            status=EventStatus(raw["status"]),
             max_per_customer=int(raw.get("max_per_customer") or 0),
-            sections=tuple(SectionAvailability(**s) for s in raw["sections"]),
+            sections=tuple(
+                SectionAvailability(**{**s, "kind": SectionKind(s["kind"])})
+                for s in raw["sections"]
+            ),
             seats=seats,
         )

@@ -4,6 +4,7 @@
 -- KEYS[2] {ev:<id>}:seats     hash  seat id -> "a" (available)
 -- KEYS[3] {ev:<id>}:sections  hash  "codes", "<code>:kind|cap|held|sold|rows|seats_per_row"
 -- KEYS[4] {ev:<id>}:customers hash  "<customer>:sold" (tickets bought, for the limit)
+-- KEYS[5] {ev:<id>}:holds     hash  "refund:<order id>" -> refund time (lib.lua's refund markers)
 -- ARGV[1] event id
 -- ARGV[2] status (on_sale, draft, closed, cancelled)
 -- ARGV[3] max tickets per customer (0: no limit)
@@ -12,9 +13,12 @@
 --         {"code": "FLOOR", "kind": "general", "capacity": N}
 -- ARGV[5] optional JSON of what is already sold, when rebuilding from Postgres:
 --         {"seats": {"A-1-1": "<order id>", ...}, "general": {"FLOOR": n, ...},
---          "customers": {"<customer>": n, ...}, "version": v}
---         Sold seats and counts are marked in the same script, so the
---         inventory never shows a sold seat as free; the version starts at v.
+--          "customers": {"<customer>": n, ...}, "refunds": {"<order id>": ms, ...},
+--          "version": v}
+--         Sold seats and counts, and the refund markers of orders already
+--         refunded (so a retried refund stays a replay), are written in the
+--         same script: the inventory never shows a sold seat as free, nor a
+--         refunded order as refundable; the version starts at v.
 --
 -- Seat ids are "<code>-<row>-<seat>", rows and seats counted from 1.
 -- Idempotent: if the event is already loaded nothing changes.
@@ -99,6 +103,9 @@ if ARGV[5] and ARGV[5] ~= '' then
   end
   for customer, n in pairs(sold.customers or {}) do
     redis.call('HSET', KEYS[4], customer .. ':sold', n)
+  end
+  for order_id, at_ms in pairs(sold.refunds or {}) do
+    redis.call('HSET', KEYS[5], 'refund:' .. order_id, at_ms)
   end
   version = tonumber(sold.version) or 1
 end

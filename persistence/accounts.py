@@ -6,12 +6,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import Enum
+from typing import Any
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.models import OrganizerApplication, RefreshToken, User
+from sales.vocabulary import ApplicationStatus, Role
 
 
 class EmailTaken(Exception):
@@ -23,16 +25,17 @@ class Account:
     id: uuid.UUID
     email: str
     name: str
-    role: str
+    role: Role
     password_hash: str
 
 
-def _account(user: User) -> Account:
-    return Account(user.id, user.email, user.name, user.role, user.password_hash)
+def _account(user: Any) -> Account:
+    """From a ``users`` row (or a User)."""
+    return Account(user.id, user.email, user.name, Role(user.role), user.password_hash)
 
 
 async def create_user(
-    db: AsyncEngine, email: str, password_hash: str, name: str, role: str = "customer"
+    db: AsyncEngine, email: str, password_hash: str, name: str, role: Role = Role.CUSTOMER
 ) -> Account:
     user = User(id=uuid.uuid4(), email=email, password_hash=password_hash, name=name, role=role)
     try:
@@ -52,23 +55,23 @@ async def user_by_email(db: AsyncEngine, email: str) -> Account | None:
         row = (
             await conn.execute(select(User).where(func.lower(User.email) == email.lower()))
         ).one_or_none()
-    return _account(row) if row else None  # type: ignore[arg-type]
+    return _account(row) if row else None
 
 
 async def user_by_id(db: AsyncEngine, user_id: uuid.UUID) -> Account | None:
     async with db.connect() as conn:
         row = (await conn.execute(select(User).where(User.id == user_id))).one_or_none()
-    return _account(row) if row else None  # type: ignore[arg-type]
+    return _account(row) if row else None
 
 
-async def set_role(db: AsyncEngine, user_id: uuid.UUID, role: str) -> Account | None:
+async def set_role(db: AsyncEngine, user_id: uuid.UUID, role: Role) -> Account | None:
     async with db.begin() as conn:
         row = (
             await conn.execute(
                 update(User).where(User.id == user_id).values(role=role).returning(User)
             )
         ).one_or_none()
-    return _account(row) if row else None  # type: ignore[arg-type]
+    return _account(row) if row else None
 
 
 async def set_password(db: AsyncEngine, user_id: uuid.UUID, password_hash: str) -> None:
@@ -144,7 +147,7 @@ async def rotate_refresh_token(
             )
         )
         user = (await conn.execute(select(User).where(User.id == token.user_id))).one()
-    return Rotation.ROTATED, _account(user)  # type: ignore[arg-type]
+    return Rotation.ROTATED, _account(user)
 
 
 async def revoke_family(db: AsyncEngine, token_hash: str, user_id: uuid.UUID) -> bool:
@@ -175,7 +178,7 @@ class Application:
     id: uuid.UUID
     user_id: uuid.UUID
     organization: str
-    status: str
+    status: ApplicationStatus
     created_at: datetime
     decided_at: datetime | None
 
@@ -186,14 +189,14 @@ class ApplicationConflict(Exception):
         self.code = code
 
 
-def _application(row: object) -> Application:
+def _application(row: Any) -> Application:
     return Application(
-        row.id,  # type: ignore[attr-defined]
-        row.user_id,  # type: ignore[attr-defined]
-        row.organization,  # type: ignore[attr-defined]
-        row.status,  # type: ignore[attr-defined]
-        row.created_at,  # type: ignore[attr-defined]
-        row.decided_at,  # type: ignore[attr-defined]
+        row.id,
+        row.user_id,
+        row.organization,
+        ApplicationStatus(row.status),
+        row.created_at,
+        row.decided_at,
     )
 
 
@@ -204,13 +207,13 @@ async def apply_as_organizer(db: AsyncEngine, user_id: uuid.UUID, organization: 
         role = (
             await conn.execute(select(User.role).where(User.id == user_id).with_for_update())
         ).scalar_one_or_none()
-        if role != "customer":
+        if role != Role.CUSTOMER:
             raise ApplicationConflict("not_a_customer")
         pending = (
             await conn.execute(
                 select(OrganizerApplication.id).where(
                     OrganizerApplication.user_id == user_id,
-                    OrganizerApplication.status == "pending",
+                    OrganizerApplication.status == ApplicationStatus.PENDING,
                 )
             )
         ).first()
@@ -226,7 +229,9 @@ async def apply_as_organizer(db: AsyncEngine, user_id: uuid.UUID, organization: 
     return _application(row)
 
 
-async def list_applications(db: AsyncEngine, status: str | None = None) -> list[Application]:
+async def list_applications(
+    db: AsyncEngine, status: ApplicationStatus | None = None
+) -> list[Application]:
     query = select(OrganizerApplication).order_by(OrganizerApplication.created_at)
     if status:
         query = query.where(OrganizerApplication.status == status)
@@ -248,14 +253,14 @@ async def decide_application(
         ).one_or_none()
         if row is None:
             return None
-        if row.status != "pending":
+        if row.status != ApplicationStatus.PENDING:
             raise ApplicationConflict("application_decided")
         decided = (
             await conn.execute(
                 update(OrganizerApplication)
                 .where(OrganizerApplication.id == application_id)
                 .values(
-                    status="approved" if approve else "rejected",
+                    status=ApplicationStatus.APPROVED if approve else ApplicationStatus.REJECTED,
                     decided_at=datetime.now(UTC),
                     decided_by=admin_id,
                 )
@@ -265,7 +270,7 @@ async def decide_application(
         if approve:
             await conn.execute(
                 update(User)
-                .where(User.id == row.user_id, User.role == "customer")
-                .values(role="organizer")
+                .where(User.id == row.user_id, User.role == Role.CUSTOMER)
+                .values(role=Role.ORGANIZER)
             )
     return _application(decided)

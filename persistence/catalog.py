@@ -1,4 +1,4 @@
-"""Events and seat maps in Postgres, and publishing them to the engine.
+"""Publishing an event: its seat map in Postgres, then its inventory in Redis.
 
 Publishing writes Postgres first — the event on sale, every seat of its seated
 sections — and only then loads the inventory into Redis, so anything Redis
@@ -8,7 +8,6 @@ sells has a row to land on and Redis can always be rebuilt from here.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -16,9 +15,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from engine.model import GeneralSection, SeatedSection
+from engine.model import GeneralSection, SeatedSection, seat_id
 from engine.model import Section as InventorySection
 from persistence.models import Event, Seat, Section
+from sales.vocabulary import EventStatus, SectionKind
 
 
 class InventoryLoader(Protocol):
@@ -29,74 +29,15 @@ class InventoryLoader(Protocol):
         event_id: str,
         sections: Sequence[InventorySection],
         *,
-        status: str = ...,
+        status: EventStatus = ...,
         max_per_customer: int = ...,
     ) -> bool: ...
-
-
-@dataclass(frozen=True)
-class SectionSpec:
-    code: str
-    name: str
-    price_cents: int
-    kind: str  # "seated" | "general"
-    rows: int | None = None
-    seats_per_row: int | None = None
-    capacity: int | None = None
 
 
 class PublishError(Exception):
     def __init__(self, code: str, detail: str) -> None:
         super().__init__(detail)
         self.code = code
-
-
-async def add_event(
-    db: AsyncEngine,
-    event_id: str,
-    *,
-    name: str,
-    venue: str,
-    starts_at: datetime,
-    currency: str,
-    sections: Sequence[SectionSpec],
-    hold_ttl_s: int = 600,
-    max_tickets_per_customer: int = 0,
-    organizer_id: object = None,
-) -> None:
-    """A draft event with its sections (what the API's create calls come down to)."""
-    async with db.begin() as conn:
-        await conn.execute(
-            insert(Event).values(
-                id=event_id,
-                organizer_id=organizer_id,
-                name=name,
-                venue=venue,
-                starts_at=starts_at,
-                currency=currency,
-                status="draft",
-                hold_ttl_s=hold_ttl_s,
-                max_tickets_per_customer=max_tickets_per_customer,
-            )
-        )
-        for spec in sections:
-            capacity = (
-                (spec.rows or 0) * (spec.seats_per_row or 0)
-                if spec.kind == "seated"
-                else spec.capacity
-            )
-            await conn.execute(
-                insert(Section).values(
-                    event_id=event_id,
-                    code=spec.code,
-                    name=spec.name,
-                    kind=spec.kind,
-                    price_cents=spec.price_cents,
-                    rows=spec.rows,
-                    seats_per_row=spec.seats_per_row,
-                    capacity=capacity,
-                )
-            )
 
 
 async def inventory_of(conn: AsyncConnection, event_id: str) -> list[InventorySection]:
@@ -111,7 +52,7 @@ async def inventory_of(conn: AsyncConnection, event_id: str) -> list[InventorySe
     ).all()
     return [
         SeatedSection(r.code, r.rows, r.seats_per_row)
-        if r.kind == "seated"
+        if r.kind == SectionKind.SEATED
         else GeneralSection(r.code, r.capacity)
         for r in rows
     ]
@@ -129,7 +70,7 @@ async def publish_event(db: AsyncEngine, engine: InventoryLoader, event_id: str)
         ).one_or_none()
         if event is None:
             raise PublishError("not_found", f"no event {event_id}")
-        if event.status not in ("draft", "on_sale"):
+        if event.status not in (EventStatus.DRAFT, EventStatus.ON_SALE):
             raise PublishError("invalid_state", f"event is {event.status}")
         sections = await inventory_of(conn, event_id)
         if not sections:
@@ -139,11 +80,15 @@ async def publish_event(db: AsyncEngine, engine: InventoryLoader, event_id: str)
             update(Event)
             .where(Event.id == event_id)
             .values(
-                status="on_sale", published_at=func.coalesce(Event.published_at, datetime.now(UTC))
+                status=EventStatus.ON_SALE,
+                published_at=func.coalesce(Event.published_at, datetime.now(UTC)),
             )
         )
     await engine.load_inventory(
-        event_id, sections, status="on_sale", max_per_customer=event.max_tickets_per_customer
+        event_id,
+        sections,
+        status=EventStatus.ON_SALE,
+        max_per_customer=event.max_tickets_per_customer,
     )
 
 
@@ -151,7 +96,7 @@ async def _write_seats(conn: AsyncConnection, event_id: str) -> None:
     seated = (
         await conn.execute(
             select(Section.id, Section.code, Section.rows, Section.seats_per_row).where(
-                Section.event_id == event_id, Section.kind == "seated"
+                Section.event_id == event_id, Section.kind == SectionKind.SEATED
             )
         )
     ).all()
@@ -159,7 +104,7 @@ async def _write_seats(conn: AsyncConnection, event_id: str) -> None:
         values = [
             {
                 "event_id": event_id,
-                "id": f"{section.code}-{row}-{number}",
+                "id": seat_id(section.code, row, number),
                 "section_id": section.id,
                 "row": row,
                 "number": number,

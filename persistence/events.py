@@ -4,7 +4,7 @@ written to Postgres synchronously; publishing is in :mod:`persistence.catalog`).
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -12,17 +12,49 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from persistence.catalog import SectionSpec
 from persistence.models import Event, Section
+from sales.vocabulary import EventStatus, SectionKind
 
 MAX_SEATS_PER_EVENT = 200_000
+
+
+@dataclass(frozen=True)
+class EventDraft:
+    """What an organizer says about a new event (sections come one by one)."""
+
+    name: str
+    venue: str
+    starts_at: datetime
+    currency: str
+    description: str | None = None
+    hold_ttl_s: int = 600
+    max_tickets_per_customer: int = 0  # 0: no limit
+
+
+@dataclass(frozen=True)
+class SectionSpec:
+    """A section to add: seated (rows by seats_per_row) or general (capacity)."""
+
+    code: str
+    name: str
+    price_cents: int
+    kind: SectionKind
+    rows: int | None = None
+    seats_per_row: int | None = None
+    capacity: int | None = None
+
+    @property
+    def places(self) -> int:
+        if self.kind is SectionKind.SEATED:
+            return (self.rows or 0) * (self.seats_per_row or 0)
+        return self.capacity or 0
 
 
 @dataclass(frozen=True)
 class SectionRecord:
     code: str
     name: str
-    kind: str
+    kind: SectionKind
     price_cents: int
     capacity: int
     rows: int | None
@@ -38,7 +70,7 @@ class EventRecord:
     description: str | None
     starts_at: datetime
     currency: str
-    status: str
+    status: EventStatus
     hold_ttl_s: int
     max_tickets_per_customer: int
     created_at: datetime
@@ -60,12 +92,20 @@ _EVENT_COLUMNS = [c for c in Event.__table__.c]
 
 
 def _event(row: Any, sections: tuple[SectionRecord, ...] = ()) -> EventRecord:
-    return EventRecord(**{c.name: getattr(row, c.name) for c in _EVENT_COLUMNS}, sections=sections)
+    fields = {c.name: getattr(row, c.name) for c in _EVENT_COLUMNS}
+    fields["status"] = EventStatus(fields["status"])
+    return EventRecord(**fields, sections=sections)
 
 
 def _section(row: Any) -> SectionRecord:
     return SectionRecord(
-        row.code, row.name, row.kind, row.price_cents, row.capacity, row.rows, row.seats_per_row
+        row.code,
+        row.name,
+        SectionKind(row.kind),
+        row.price_cents,
+        row.capacity,
+        row.rows,
+        row.seats_per_row,
     )
 
 
@@ -77,13 +117,25 @@ class UnknownOrganizer(Exception):
     """The token names a user Postgres does not have (deleted since)."""
 
 
-async def create_event(db: AsyncEngine, organizer_id: uuid.UUID, **fields: Any) -> EventRecord:
+async def create_event(
+    db: AsyncEngine,
+    organizer_id: uuid.UUID | None,
+    draft: EventDraft,
+    *,
+    event_id: str | None = None,
+) -> EventRecord:
+    """A draft with no sections yet; ``event_id`` for a chosen id (the demo)."""
     try:
         async with db.begin() as conn:
             row = (
                 await conn.execute(
                     insert(Event)
-                    .values(id=new_event_id(), organizer_id=organizer_id, status="draft", **fields)
+                    .values(
+                        id=event_id or new_event_id(),
+                        organizer_id=organizer_id,
+                        status=EventStatus.DRAFT,
+                        **asdict(draft),
+                    )
                     .returning(*_EVENT_COLUMNS)
                 )
             ).one()
@@ -114,9 +166,9 @@ async def update_event(db: AsyncEngine, event_id: str, changes: dict[str, Any]) 
         status = (
             await conn.execute(select(Event.status).where(Event.id == event_id).with_for_update())
         ).scalar_one()
-        if status in ("closed", "cancelled"):
+        if status in (EventStatus.CLOSED, EventStatus.CANCELLED):
             raise EventConflict("event_ended")
-        if status == "on_sale" and set(changes) - DESCRIPTIVE:
+        if status == EventStatus.ON_SALE and set(changes) - DESCRIPTIVE:
             fields = ", ".join(sorted(set(changes) - DESCRIPTIVE))
             raise EventConflict("event_not_draft", f"on sale: {fields} can no longer change")
         if changes:
@@ -127,10 +179,7 @@ async def update_event(db: AsyncEngine, event_id: str, changes: dict[str, Any]) 
 
 
 async def add_section(db: AsyncEngine, event_id: str, spec: SectionSpec) -> SectionRecord:
-    capacity = (
-        (spec.rows or 0) * (spec.seats_per_row or 0) if spec.kind == "seated" else spec.capacity
-    )
-    assert capacity is not None
+    capacity = spec.places
     try:
         async with db.begin() as conn:
             status = (
@@ -138,7 +187,7 @@ async def add_section(db: AsyncEngine, event_id: str, spec: SectionSpec) -> Sect
                     select(Event.status).where(Event.id == event_id).with_for_update()
                 )
             ).scalar_one()
-            if status != "draft":
+            if status != EventStatus.DRAFT:
                 raise EventConflict("event_not_draft", f"the event is {status}")
             seats_so_far = (
                 await conn.execute(
@@ -158,7 +207,7 @@ async def add_section(db: AsyncEngine, event_id: str, spec: SectionSpec) -> Sect
                         event_id=event_id,
                         code=spec.code,
                         name=spec.name,
-                        kind=spec.kind,
+                        kind=str(spec.kind),
                         price_cents=spec.price_cents,
                         rows=spec.rows,
                         seats_per_row=spec.seats_per_row,
@@ -172,15 +221,24 @@ async def add_section(db: AsyncEngine, event_id: str, spec: SectionSpec) -> Sect
     return _section(row)
 
 
-_TRANSITIONS = {"closed": ("on_sale",), "cancelled": ("draft", "on_sale", "closed")}
+_TRANSITIONS = {
+    EventStatus.CLOSED: (EventStatus.ON_SALE,),
+    EventStatus.CANCELLED: (EventStatus.DRAFT, EventStatus.ON_SALE, EventStatus.CLOSED),
+}
 
 
-async def end_event(db: AsyncEngine, event_id: str, status: str) -> tuple[str, EventRecord]:
+async def end_event(
+    db: AsyncEngine, event_id: str, status: EventStatus
+) -> tuple[EventStatus, EventRecord]:
     """Closes or cancels; returns the previous status and the event."""
     async with db.begin() as conn:
-        previous = (
-            await conn.execute(select(Event.status).where(Event.id == event_id).with_for_update())
-        ).scalar_one()
+        previous = EventStatus(
+            (
+                await conn.execute(
+                    select(Event.status).where(Event.id == event_id).with_for_update()
+                )
+            ).scalar_one()
+        )
         if previous != status:
             if previous not in _TRANSITIONS[status]:
                 raise EventConflict("invalid_state", f"a {previous} event cannot be {status}")
@@ -194,12 +252,12 @@ async def list_on_sale(db: AsyncEngine, page: int, size: int) -> tuple[list[Even
     """On-sale events, newest first, with their sections."""
     async with db.connect() as conn:
         total = (
-            await conn.execute(select(func.count()).where(Event.status == "on_sale"))
+            await conn.execute(select(func.count()).where(Event.status == EventStatus.ON_SALE))
         ).scalar_one()
         rows = (
             await conn.execute(
                 select(Event)
-                .where(Event.status == "on_sale")
+                .where(Event.status == EventStatus.ON_SALE)
                 .order_by(Event.published_at.desc(), Event.id)
                 .offset((page - 1) * size)
                 .limit(size)
@@ -215,3 +273,12 @@ async def list_on_sale(db: AsyncEngine, page: int, size: int) -> tuple[list[Even
     for s in sections:
         by_event.setdefault(s.event_id, []).append(_section(s))
     return [_event(r, tuple(by_event.get(r.id, ()))) for r in rows], total
+
+
+async def event_status(db: AsyncEngine, event_id: str) -> EventStatus | None:
+    """The event's status now, or None if there is no such event."""
+    async with db.connect() as conn:
+        status = (
+            await conn.execute(select(Event.status).where(Event.id == event_id))
+        ).scalar_one_or_none()
+    return None if status is None else EventStatus(status)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command
@@ -18,12 +19,12 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
-def _in_thread(fn: object, *args: object) -> None:
+def _in_thread(fn: Callable[..., object], *args: object) -> None:
     """env.py runs its own event loop: keep it off any loop already running."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        fn(*args)  # type: ignore[operator]
+        fn(*args)
         return
     import threading
 
@@ -31,7 +32,7 @@ def _in_thread(fn: object, *args: object) -> None:
 
     def target() -> None:
         try:
-            fn(*args)  # type: ignore[operator]
+            fn(*args)
         except BaseException as exc:  # re-raised in the caller's thread
             errors.append(exc)
 

@@ -3,7 +3,8 @@
 Redis holds the live inventory; these tables hold the control plane (users,
 events, seat maps) and every confirmed sale, written behind from the outbox.
 Sold tickets are unique per (event, seat) while valid: the last line of
-defence against selling a seat twice (DESIGN rule 7).
+defence against selling a seat twice (DESIGN rule 7). Every status, role and
+kind is a word of :mod:`sales.vocabulary`, and a CHECK constraint keeps it so.
 """
 
 from __future__ import annotations
@@ -28,6 +29,17 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from sales.vocabulary import (
+    ApplicationStatus,
+    EventStatus,
+    OrderStatus,
+    PaymentStatus,
+    Role,
+    SectionKind,
+    TicketStatus,
+    sql_in,
+)
+
 
 class Base(DeclarativeBase):
     pass
@@ -40,7 +52,7 @@ def _now() -> Mapped[datetime]:
 class User(Base):
     __tablename__ = "users"
     __table_args__ = (
-        CheckConstraint("role IN ('customer', 'organizer', 'admin')", name="role_known"),
+        CheckConstraint(sql_in("role", Role), name="role_known"),
         Index("users_email_lower", text("lower(email)"), unique=True),
     )
 
@@ -48,7 +60,7 @@ class User(Base):
     email: Mapped[str] = mapped_column(String(320))
     password_hash: Mapped[str] = mapped_column(Text)
     name: Mapped[str] = mapped_column(String(200))
-    role: Mapped[str] = mapped_column(String(16), default="customer")
+    role: Mapped[str] = mapped_column(String(16), default=Role.CUSTOMER)
     created_at: Mapped[datetime] = _now()
 
 
@@ -69,14 +81,12 @@ class RefreshToken(Base):
 
 class OrganizerApplication(Base):
     __tablename__ = "organizer_applications"
-    __table_args__ = (
-        CheckConstraint("status IN ('pending', 'approved', 'rejected')", name="status_known"),
-    )
+    __table_args__ = (CheckConstraint(sql_in("status", ApplicationStatus), name="status_known"),)
 
     id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=uuid.uuid4)
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     organization: Mapped[str] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[str] = mapped_column(String(16), default=ApplicationStatus.PENDING)
     created_at: Mapped[datetime] = _now()
     decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     decided_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
@@ -85,9 +95,7 @@ class OrganizerApplication(Base):
 class Event(Base):
     __tablename__ = "events"
     __table_args__ = (
-        CheckConstraint(
-            "status IN ('draft', 'on_sale', 'closed', 'cancelled')", name="status_known"
-        ),
+        CheckConstraint(sql_in("status", EventStatus), name="status_known"),
         CheckConstraint("hold_ttl_s > 0", name="hold_ttl_positive"),
         CheckConstraint("max_tickets_per_customer >= 0", name="limit_not_negative"),
     )
@@ -99,7 +107,7 @@ class Event(Base):
     description: Mapped[str | None] = mapped_column(Text)
     starts_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     currency: Mapped[str] = mapped_column(String(3))
-    status: Mapped[str] = mapped_column(String(16), default="draft")
+    status: Mapped[str] = mapped_column(String(16), default=EventStatus.DRAFT)
     hold_ttl_s: Mapped[int] = mapped_column(Integer, default=600)
     max_tickets_per_customer: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = _now()
@@ -110,11 +118,12 @@ class Section(Base):
     __tablename__ = "sections"
     __table_args__ = (
         UniqueConstraint("event_id", "code"),
-        CheckConstraint("kind IN ('seated', 'general')", name="kind_known"),
+        CheckConstraint(sql_in("kind", SectionKind), name="kind_known"),
         CheckConstraint(
-            "(kind = 'seated' AND rows > 0 AND seats_per_row > 0 "
+            f"(kind = '{SectionKind.SEATED}' AND rows > 0 AND seats_per_row > 0 "
             "AND capacity = rows * seats_per_row) OR "
-            "(kind = 'general' AND rows IS NULL AND seats_per_row IS NULL AND capacity > 0)",
+            f"(kind = '{SectionKind.GENERAL}' AND rows IS NULL AND seats_per_row IS NULL "
+            "AND capacity > 0)",
             name="shape_matches_kind",
         ),
         CheckConstraint("price_cents >= 0", name="price_not_negative"),
@@ -154,10 +163,7 @@ class Order(Base):
 
     __tablename__ = "orders"
     __table_args__ = (
-        CheckConstraint(
-            "status IN ('pending_payment', 'paid', 'refunded', 'expired', 'cancelled')",
-            name="status_known",
-        ),
+        CheckConstraint(sql_in("status", OrderStatus), name="status_known"),
         Index("orders_customer_created", "customer_id", "created_at"),
         UniqueConstraint("hold_id", name="orders_one_per_hold"),
     )
@@ -173,7 +179,8 @@ class Order(Base):
     confirmed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     refunded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     outbox_id: Mapped[str | None] = mapped_column(String(64))
-    # [{"seat": "A-1-1" | "section": "FLOOR", "quantity": n, "price_cents": p}]
+    # sales.pricing.OrderItem as JSON:
+    # [{"seat": "A-1-1", "section": "A" | "section": "FLOOR", "quantity": n, "price_cents": p}]
     items: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # e.g. "seats_resold" for a late payment refunded automatically
@@ -185,7 +192,7 @@ class Ticket(Base):
 
     __tablename__ = "tickets"
     __table_args__ = (
-        CheckConstraint("status IN ('valid', 'refunded')", name="status_known"),
+        CheckConstraint(sql_in("status", TicketStatus), name="status_known"),
         ForeignKeyConstraint(["event_id", "seat_id"], ["seats.event_id", "seats.id"]),
         # The last line of defence: a seat is sold at most once while valid.
         Index(
@@ -193,7 +200,7 @@ class Ticket(Base):
             "event_id",
             "seat_id",
             unique=True,
-            postgresql_where=text("seat_id IS NOT NULL AND status = 'valid'"),
+            postgresql_where=text(f"seat_id IS NOT NULL AND status = '{TicketStatus.VALID}'"),
         ),
         Index("tickets_event_section", "event_id", "section_code"),
     )
@@ -207,8 +214,8 @@ class Ticket(Base):
     event_id: Mapped[str] = mapped_column(String(64))
     section_code: Mapped[str] = mapped_column(String(32))
     seat_id: Mapped[str | None] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16), server_default="valid")
-    # Random per ticket and signed into its token (api/ticketing.py), so a token
+    status: Mapped[str] = mapped_column(String(16), server_default=TicketStatus.VALID.value)
+    # Random per ticket and signed into its token (sales/ticketing.py), so a token
     # names one issue of a ticket (0005).
     serial: Mapped[str] = mapped_column(
         String(16), server_default=text("substr(md5(gen_random_uuid()::text), 1, 16)")
@@ -218,6 +225,7 @@ class Ticket(Base):
 
 class Payment(Base):
     __tablename__ = "payments"
+    __table_args__ = (CheckConstraint(sql_in("status", PaymentStatus), name="status_known"),)
 
     id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=uuid.uuid4)
     order_id: Mapped[str] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,6 +20,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.models import Event, Order, Ticket
+from sales.items import OrderItem, items_from_json, items_to_json
+from sales.vocabulary import OrderStatus, TicketStatus
 
 
 @dataclass(frozen=True)
@@ -27,8 +30,8 @@ class TicketRecord:
     event_id: str
     section_code: str
     seat_id: str | None
-    status: str
-    serial: str  # signed into the ticket's token (api/ticketing.py)
+    status: TicketStatus
+    serial: str  # signed into the ticket's token (sales/ticketing.py)
 
 
 @dataclass(frozen=True)
@@ -38,10 +41,10 @@ class OrderRecord:
     event_organizer_id: uuid.UUID | None
     customer_id: str
     hold_id: str
-    status: str
+    status: OrderStatus
     amount_cents: int | None
     currency: str | None
-    items: list[dict[str, Any]]
+    items: tuple[OrderItem, ...]
     created_at: datetime
     expires_at: datetime | None
     confirmed_at: datetime | None
@@ -71,7 +74,7 @@ async def create_order(
     hold_id: str,
     amount_cents: int,
     currency: str,
-    items: list[dict[str, Any]],
+    items: Sequence[OrderItem],
     expires_at: datetime,
 ) -> OrderRecord:
     try:
@@ -82,10 +85,10 @@ async def create_order(
                     event_id=event_id,
                     customer_id=customer_id,
                     hold_id=hold_id,
-                    status="pending_payment",
+                    status=OrderStatus.PENDING_PAYMENT,
                     amount_cents=amount_cents,
                     currency=currency,
-                    items=items,
+                    items=items_to_json(items),
                     expires_at=expires_at,
                 )
             )
@@ -112,10 +115,10 @@ def _order(row: Any, tickets: tuple[TicketRecord, ...] = ()) -> OrderRecord:
         event_organizer_id=row.organizer_id,
         customer_id=row.customer_id,
         hold_id=row.hold_id,
-        status=row.status,
+        status=OrderStatus(row.status),
         amount_cents=row.amount_cents,
         currency=row.currency,
-        items=row.items or [],
+        items=items_from_json(row.items),
         created_at=row.created_at,
         expires_at=row.expires_at,
         confirmed_at=row.confirmed_at,
@@ -144,7 +147,9 @@ async def get_order(db: AsyncEngine, order_id: str) -> OrderRecord | None:
     return _order(
         row,
         tuple(
-            TicketRecord(t.id, t.event_id, t.section_code, t.seat_id, t.status, t.serial)
+            TicketRecord(
+                t.id, t.event_id, t.section_code, t.seat_id, TicketStatus(t.status), t.serial
+            )
             for t in tickets
         ),
     )

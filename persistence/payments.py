@@ -13,13 +13,14 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.models import Order, Payment, ProcessedWebhookEvent
+from sales.vocabulary import OrderStatus, PaymentStatus
 
 
 @dataclass(frozen=True)
 class PaymentRecord:
     order_id: str
     payment_intent_id: str
-    status: str
+    status: PaymentStatus
 
 
 async def record_payment(
@@ -30,7 +31,7 @@ async def record_payment(
     payment_intent_id: str,
     amount_cents: int,
     currency: str,
-    status: str,
+    status: PaymentStatus = PaymentStatus.PENDING,
 ) -> None:
     async with db.begin() as conn:
         await conn.execute(
@@ -58,10 +59,26 @@ async def payment_of(db: AsyncEngine, order_id: str) -> PaymentRecord | None:
                 .limit(1)
             )
         ).one_or_none()
-    return PaymentRecord(row.order_id, row.payment_intent_id, row.status) if row else None
+    return (
+        PaymentRecord(row.order_id, row.payment_intent_id, PaymentStatus(row.status))
+        if row
+        else None
+    )
 
 
-async def set_payment_status(db: AsyncEngine, payment_intent_id: str, status: str) -> None:
+async def order_of_intent(db: AsyncEngine, payment_intent_id: str) -> str | None:
+    """The order a PaymentIntent pays for (charge events name only the intent)."""
+    async with db.connect() as conn:
+        return (
+            await conn.execute(
+                select(Payment.order_id).where(Payment.payment_intent_id == payment_intent_id)
+            )
+        ).scalar_one_or_none()
+
+
+async def set_payment_status(
+    db: AsyncEngine, payment_intent_id: str, status: PaymentStatus
+) -> None:
     async with db.begin() as conn:
         await conn.execute(
             update(Payment)
@@ -70,18 +87,20 @@ async def set_payment_status(db: AsyncEngine, payment_intent_id: str, status: st
         )
 
 
-async def end_unpaid_order(db: AsyncEngine, order_id: str, status: str, reason: str) -> bool:
+async def end_unpaid_order(
+    db: AsyncEngine, order_id: str, status: OrderStatus, reason: str
+) -> bool:
     """``cancelled`` or ``refunded`` (money returned for seats it never got),
     only from ``pending_payment``: a paid order is never overwritten here."""
     async with db.begin() as conn:
         changed = (
             await conn.execute(
                 update(Order)
-                .where(Order.id == order_id, Order.status == "pending_payment")
+                .where(Order.id == order_id, Order.status == OrderStatus.PENDING_PAYMENT)
                 .values(
                     status=status,
                     status_reason=reason,
-                    refunded_at=datetime.now(UTC) if status == "refunded" else None,
+                    refunded_at=datetime.now(UTC) if status == OrderStatus.REFUNDED else None,
                 )
                 .returning(Order.id)
             )

@@ -15,10 +15,12 @@ from typing import Any
 
 from sqlalchemy import select
 
+from engine.outbox import OrderConfirmed, OrderRefunded, parse_entry
 from engine.scripts import EventKeys, InventoryScripts
 from persistence.catalog import inventory_of
 from persistence.db import create_engine
 from persistence.models import Event, Order, Ticket
+from sales.vocabulary import EventStatus, OrderStatus, TicketStatus
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class PostgresRestore:
                         )
                     )
                 ).one_or_none()
-                if event is None or event.status == "draft":
+                if event is None or event.status == EventStatus.DRAFT:
                     return False  # never published: nothing to rebuild
                 sections = await inventory_of(conn, event_id)
                 tickets = (
@@ -47,7 +49,7 @@ class PostgresRestore:
                             Ticket.order_id, Ticket.seat_id, Ticket.section_code, Order.customer_id
                         )
                         .join(Order, Order.id == Ticket.order_id)
-                        .where(Ticket.event_id == event_id, Ticket.status == "valid")
+                        .where(Ticket.event_id == event_id, Ticket.status == TicketStatus.VALID)
                     )
                 ).all()
                 # Refunded orders too: a confirmation of one still in the
@@ -56,7 +58,7 @@ class PostgresRestore:
                     (
                         await conn.execute(
                             select(Order.id).where(
-                                Order.event_id == event_id, Order.status == "refunded"
+                                Order.event_id == event_id, Order.status == OrderStatus.REFUNDED
                             )
                         )
                     ).scalars()
@@ -66,23 +68,18 @@ class PostgresRestore:
         sales = _sales_of([(t.order_id, t.seat_id, t.section_code, t.customer_id) for t in tickets])
         refunded = await _add_unwritten_outbox(scripts, event_id, sales, recorded)
         sold = _sold_state(sales)
+        # Written with the inventory, so that a retried refund stays a replay.
+        sold["refunds"] = refunded
         # Viewers' last version came from before the loss: start above any of
         # them, so the jump reads as a gap and they resync.
         sold["version"] = int(time.time() * 1000)
-        loaded = await scripts.load_inventory(
+        return await scripts.load_inventory(
             event_id,
             sections,
-            status=event.status,
+            status=EventStatus(event.status),
             max_per_customer=event.max_tickets_per_customer,
             sold=sold,
         )
-        if loaded and refunded:
-            # The refund markers of lib.lua, so that a retried refund is a replay.
-            await scripts.redis.hset(
-                EventKeys(event_id).holds,
-                mapping={f"refund:{order_id}": at_ms for order_id, at_ms in refunded.items()},
-            )
-        return loaded
 
 
 @dataclass
@@ -135,18 +132,21 @@ async def _add_unwritten_outbox(
     entries: Any = await scripts.redis.xrange(EventKeys(event_id).outbox)
     refunded: dict[str, int] = {}
     for _, raw in entries:
-        fields = {k.decode(): v.decode() for k, v in raw.items()}
-        order_id = fields.get("order_id", "")
-        if fields.get("type") == "order_refunded":
-            sales.pop(order_id, None)
-            refunded[order_id] = int(fields.get("refunded_at_ms") or 0)
+        entry = parse_entry(raw)
+        if isinstance(entry, OrderRefunded):
+            sales.pop(entry.order_id, None)
+            refunded[entry.order_id] = entry.refunded_at_ms
             continue
-        if fields.get("type") != "order_confirmed" or order_id in recorded or order_id in refunded:
+        if (
+            not isinstance(entry, OrderConfirmed)
+            or entry.order_id in recorded
+            or entry.order_id in refunded
+        ):
             continue
-        recorded.add(order_id)
-        sale = sales.setdefault(order_id, _Sale(fields["customer_id"]))
-        if fields["seats"]:
-            sale.seats.extend(fields["seats"].split(","))
-        else:
-            sale.general[fields["section"]] += int(fields["quantity"])
+        recorded.add(entry.order_id)
+        sale = sales.setdefault(entry.order_id, _Sale(entry.customer_id))
+        if entry.seats:
+            sale.seats.extend(entry.seats)
+        elif entry.section:
+            sale.general[entry.section] += entry.quantity
     return refunded

@@ -11,11 +11,13 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.models import CheckIn, Event, Order, Ticket
+from sales.vocabulary import TicketStatus
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,7 @@ class TicketView:
     event_id: str
     section_code: str
     seat_id: str | None
-    status: str
+    status: TicketStatus
     serial: str
     customer_id: str
     event_organizer_id: uuid.UUID | None
@@ -56,8 +58,18 @@ _COLUMNS = (
 )
 
 
-def _view(row: object) -> TicketView:
-    return TicketView(*row)  # type: ignore[misc]
+def _view(row: Any) -> TicketView:
+    return TicketView(
+        row.id,
+        row.order_id,
+        row.event_id,
+        row.section_code,
+        row.seat_id,
+        TicketStatus(row.status),
+        row.serial,
+        row.customer_id,
+        row.organizer_id,
+    )
 
 
 async def get_ticket(db: AsyncEngine, ticket_id: uuid.UUID) -> TicketView | None:
@@ -73,10 +85,11 @@ async def get_ticket(db: AsyncEngine, ticket_id: uuid.UUID) -> TicketView | None
 
 
 _CHECK_IN = text(
-    """
+    f"""
     WITH ticket AS (
         SELECT id, section_code, seat_id FROM tickets
-        WHERE id = :ticket_id AND event_id = :event_id AND serial = :serial AND status = 'valid'
+        WHERE id = :ticket_id AND event_id = :event_id AND serial = :serial
+          AND status = '{TicketStatus.VALID}'
     ), admitted AS (
         INSERT INTO checkins (id, ticket_id, event_id, scanned_by)
         SELECT gen_random_uuid(), id, :event_id, :scanned_by FROM ticket
@@ -120,12 +133,13 @@ async def check_in(
 
 async def checkin_stats(db: AsyncEngine, event_id: str) -> tuple[int, int]:
     """(valid tickets sold, of them checked in)."""
-    sold = select(func.count()).where(Ticket.event_id == event_id, Ticket.status == "valid")
+    valid = Ticket.status == TicketStatus.VALID
+    sold = select(func.count()).where(Ticket.event_id == event_id, valid)
     checked = (
         select(func.count())
         .select_from(CheckIn)
         .join(Ticket, Ticket.id == CheckIn.ticket_id)
-        .where(CheckIn.event_id == event_id, Ticket.status == "valid")
+        .where(CheckIn.event_id == event_id, valid)
     )
     async with db.connect() as conn:
         return int((await conn.execute(sold)).scalar_one()), int(

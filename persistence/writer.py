@@ -16,7 +16,6 @@ blocking. A single Redis keeps the one blocking XREADGROUP over every stream.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import socket
@@ -31,9 +30,12 @@ import asyncpg
 from redis.exceptions import ResponseError
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential
 
+from engine.model import section_of
+from engine.outbox import OUTBOX_REGISTRY, OrderConfirmed, OrderRefunded, OutboxEntry, parse_entry
 from engine.redis_client import AsyncRedis, is_cluster, redis_client
-from engine.scripts import OUTBOX_REGISTRY
+from sales.vocabulary import OrderStatus, TicketStatus
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +61,17 @@ UNAVAILABLE = (
 )
 
 
+def _unavailable(exc: BaseException) -> bool:
+    """Postgres is away (retried), as opposed to refusing the batch (isolated)."""
+    return isinstance(exc, UNAVAILABLE) and not isinstance(exc, REFUSED)
+
+
 @dataclass(frozen=True)
 class Entry:
     stream: str
     id: str
-    fields: dict[str, str]
-
-    @property
-    def order_id(self) -> str:
-        return self.fields["order_id"]
+    fields: dict[str, str]  # as read, kept whole for the dead-letter stream
+    payload: OutboxEntry | None  # None: a type this writer does not know (acknowledged)
 
 
 @dataclass(frozen=True)
@@ -76,33 +80,35 @@ class Lag:
     oldest_age_s: float  # age of the oldest of them, 0 when none
 
 
-def _decode(stream: bytes | str, entry_id: bytes | str, raw: dict[Any, Any]) -> Entry:
+def decode_entry(stream: bytes | str, entry_id: bytes | str, raw: dict[Any, Any]) -> Entry:
+    """An entry as XREADGROUP, XAUTOCLAIM or XRANGE return it."""
     if isinstance(entry_id, bytes):  # a client without decode_responses
-        return Entry(
-            stream.decode() if isinstance(stream, bytes) else stream,
-            entry_id.decode(),
-            {k.decode(): v.decode() for k, v in raw.items()},
-        )
-    return Entry(str(stream), entry_id, dict(raw))
+        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        stream = stream.decode() if isinstance(stream, bytes) else stream
+        return Entry(stream, entry_id.decode(), fields, parse_entry(fields))
+    return Entry(str(stream), entry_id, dict(raw), parse_entry(raw))
 
 
-ORDERS_UPSERT = """
+PAID, PENDING, REFUNDED = OrderStatus.PAID, OrderStatus.PENDING_PAYMENT, OrderStatus.REFUNDED
+VALID = TicketStatus.VALID
+
+ORDERS_UPSERT = f"""
 INSERT INTO orders AS o (id, event_id, customer_id, hold_id, status,
                          amount_cents, currency, confirmed_at, outbox_id)
-SELECT n.id, n.event_id, n.customer_id, n.hold_id, 'paid',
+SELECT n.id, n.event_id, n.customer_id, n.hold_id, '{PAID}',
        n.amount_cents, n.currency, to_timestamp(n.confirmed_at_ms / 1000.0), n.outbox_id
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
             $5::int[], $6::text[], $7::bigint[], $8::text[])
      AS n(id, event_id, customer_id, hold_id, amount_cents, currency, confirmed_at_ms, outbox_id)
 ON CONFLICT (id) DO UPDATE
-   SET status = 'paid', confirmed_at = excluded.confirmed_at, outbox_id = excluded.outbox_id
- WHERE o.status = 'pending_payment'
+   SET status = '{PAID}', confirmed_at = excluded.confirmed_at, outbox_id = excluded.outbox_id
+ WHERE o.status = '{PENDING}'
 RETURNING o.id
 """
 
-TICKETS_INSERT = """
+TICKETS_INSERT = f"""
 INSERT INTO tickets (order_id, event_id, section_code, seat_id, status)
-SELECT order_id, event_id, section_code, seat_id, 'valid'
+SELECT order_id, event_id, section_code, seat_id, '{VALID}'
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
      AS t(order_id, event_id, section_code, seat_id)
 """
@@ -134,15 +140,16 @@ async def write_entries(
 # 'pending_payment' too: with several consumers a refund may be committed
 # before its sale's confirmation; the order is then refunded with no tickets,
 # and the confirmation (which only upgrades pending_payment) writes nothing.
-REFUND_ORDERS = """
-UPDATE orders AS o SET status = 'refunded', refunded_at = to_timestamp(r.at_ms / 1000.0)
+REFUND_ORDERS = f"""
+UPDATE orders AS o SET status = '{REFUNDED}', refunded_at = to_timestamp(r.at_ms / 1000.0)
 FROM unnest($1::text[], $2::bigint[]) AS r(id, at_ms)
-WHERE o.id = r.id AND o.status IN ('paid', 'pending_payment')
+WHERE o.id = r.id AND o.status IN ('{PAID}', '{PENDING}')
 RETURNING o.id
 """
 
-REFUND_TICKETS = """
-UPDATE tickets SET status = 'refunded' WHERE order_id = ANY($1::text[]) AND status = 'valid'
+REFUND_TICKETS = f"""
+UPDATE tickets SET status = '{TicketStatus.REFUNDED}'
+WHERE order_id = ANY($1::text[]) AND status = '{VALID}'
 RETURNING event_id, section_code
 """
 
@@ -153,11 +160,13 @@ async def _write_refunds(conn: AsyncConnection, entries: Sequence[Entry]) -> int
     tickets are revoked and its sections' sold counts go down by as many; a
     redelivered refund finds the order no longer paid and changes nothing.
     Returns the orders newly refunded."""
-    refunds = {e.order_id: e for e in entries if e.fields.get("type") == "order_refunded"}
+    refunds = {
+        e.payload.order_id: e.payload for e in entries if isinstance(e.payload, OrderRefunded)
+    }
     if not refunds:
         return 0
     ids = sorted(refunds)
-    at_ms = [int(refunds[i].fields.get("refunded_at_ms") or 0) for i in ids]
+    at_ms = [refunds[i].refunded_at_ms for i in ids]
     # Through SQLAlchemy (it begins the transaction if no confirmation did).
     refunded = list((await conn.exec_driver_sql(REFUND_ORDERS, (ids, at_ms))).scalars())
     if not refunded:
@@ -175,24 +184,26 @@ async def _write_refunds(conn: AsyncConnection, entries: Sequence[Entry]) -> int
 async def _write_confirmations(
     conn: AsyncConnection, entries: Sequence[Entry], *, copy: bool
 ) -> int:
-    by_order = {e.order_id: e for e in entries if e.fields.get("type") == "order_confirmed"}
+    by_order: dict[str, tuple[str, OrderConfirmed]] = {
+        e.payload.order_id: (e.id, e.payload)
+        for e in entries
+        if isinstance(e.payload, OrderConfirmed)
+    }
     if not by_order:
         return 0
     columns: tuple[list[Any], ...] = tuple([] for _ in range(8))
-    for e in by_order.values():
-        f = e.fields
-        meta = json.loads(f["meta"]) if f.get("meta") else {}
+    for entry_id, sale in by_order.values():
         for column, value in zip(
             columns,
             (
-                e.order_id,
-                f["event_id"],
-                f["customer_id"],
-                f["hold_id"],
-                meta.get("amount_cents"),
-                meta.get("currency"),
-                int(f["confirmed_at_ms"]),
-                e.id,
+                sale.order_id,
+                sale.event_id,
+                sale.customer_id,
+                sale.hold_id,
+                sale.amount_cents,
+                sale.currency,
+                sale.confirmed_at_ms,
+                entry_id,
             ),
             strict=True,
         ):
@@ -205,17 +216,16 @@ async def _write_confirmations(
     tickets: list[tuple[str, str, str, str | None]] = []
     per_section: Counter[tuple[str, str]] = Counter()
     for order_id in recorded:
-        f = by_order[order_id].fields
-        event_id = f["event_id"]
-        if f["seats"]:
-            for seat in f["seats"].split(","):
-                code = seat.rsplit("-", 2)[0]
+        _, sale = by_order[order_id]
+        event_id = sale.event_id
+        if sale.seats:
+            for seat in sale.seats:
+                code = section_of(seat)
                 tickets.append((order_id, event_id, code, seat))
                 per_section[(event_id, code)] += 1
-        else:
-            quantity = int(f["quantity"])
-            tickets.extend([(order_id, event_id, f["section"], None)] * quantity)
-            per_section[(event_id, f["section"])] += quantity
+        elif sale.section:
+            tickets.extend([(order_id, event_id, sale.section, None)] * sale.quantity)
+            per_section[(event_id, sale.section)] += sale.quantity
     if tickets and copy:
         await raw.copy_records_to_table("tickets", records=tickets, columns=TICKET_COLUMNS)
     elif tickets:
@@ -318,7 +328,7 @@ class OutboxWriter:
                     start_id=start,
                     count=self.batch_size,
                 )
-                entries = [_decode(stream, i, f) for i, f in claimed if f]
+                entries = [decode_entry(stream, i, f) for i, f in claimed if f]
                 if entries:
                     await self._persist(entries)
                 if start in (b"0-0", "0-0"):
@@ -354,7 +364,7 @@ class OutboxWriter:
             count=self.batch_size,
             block=self.block_ms if block else None,
         )
-        return [_decode(stream, i, f) for stream, items in reply or [] for i, f in items]
+        return [decode_entry(stream, i, f) for stream, items in reply or [] for i, f in items]
 
     async def _poll_each_stream(self, block: bool) -> list[Entry]:
         """A cluster's read: one XREADGROUP per stream (each its own slot), all
@@ -366,7 +376,7 @@ class OutboxWriter:
                 pipe.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=self.batch_size)
             replies: list[Any] = await pipe.execute()
         entries = [
-            _decode(stream, i, f)
+            decode_entry(stream, i, f)
             for reply in replies
             for stream, items in reply or []
             for i, f in items
@@ -379,22 +389,22 @@ class OutboxWriter:
         return entries
 
     async def _persist(self, entries: list[Entry]) -> None:
-        """Commits, then acknowledges; retries with backoff while Postgres is away."""
-        delay = 0.05
-        while True:
-            try:
-                async with self.db.begin() as conn:
-                    self.written += await write_entries(conn, entries)
-                break
-            except REFUSED:
-                await self._persist_one_by_one(entries)
-                return
-            except UNAVAILABLE as exc:
-                log.warning(
-                    "postgres unavailable (%s); retrying in %.2fs", type(exc).__name__, delay
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_backoff_s)
+        """Commits, then acknowledges; retries with backoff while Postgres is
+        away (for as long as it takes: the stream holds the entries meanwhile)."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_unavailable),
+            wait=wait_exponential(multiplier=0.05, max=self.max_backoff_s),
+            before_sleep=_log_unavailable,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    async with self.db.begin() as conn:
+                        self.written += await write_entries(conn, entries)
+        except REFUSED:
+            await self._persist_one_by_one(entries)
+            return
         await self._acknowledge(entries)
 
     async def _persist_one_by_one(self, entries: list[Entry]) -> None:
@@ -423,6 +433,12 @@ class OutboxWriter:
                 pipe.xack(stream, GROUP, *ids)
                 pipe.xdel(stream, *ids)
             await pipe.execute()
+
+
+def _log_unavailable(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    delay = state.next_action.sleep if state.next_action else 0.0
+    log.warning("postgres unavailable (%s); retrying in %.2fs", type(exc).__name__, delay)
 
 
 async def run_writer(

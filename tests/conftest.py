@@ -21,7 +21,6 @@ import redis as redis_sync
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api.localstripe import EmbeddedStripe, test_key
 from engine import runtime
 from engine.client import EngineClient
 from engine.model import GeneralSection, SeatedSection
@@ -29,6 +28,7 @@ from engine.scripts import InventoryScripts
 from persistence import migrate
 from persistence.db import create_engine
 from persistence.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from sales.testmode import EmbeddedStripe, test_key
 
 
 @pytest.fixture(scope="session")

@@ -12,13 +12,14 @@ import stripe
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.security import hash_password, issue_access_token
-from bench.simulate import GOOD_CARD, pay_with_card
 from persistence import accounts
+from sales.testmode import DECLINED_CARD, GOOD_CARD, pay_with_card
+from sales.vocabulary import Role
 from tests.api_support import PASSWORD, unique_email
 from tests.conftest import LiveApi
 from tests.sales import wait_for
 
-DECLINED_CARD = "4000000000000341"  # attaches, then the charge is declined
+__all__ = ["DECLINED_CARD", "GOOD_CARD"]
 
 
 def stripe_client(api: LiveApi) -> stripe.StripeClient:
@@ -30,7 +31,7 @@ def pay(api: LiveApi, intent_id: str, card: str = GOOD_CARD) -> str:
     return pay_with_card(stripe_client(api), intent_id, card)
 
 
-def bearer(api: LiveApi, user_id: uuid.UUID, role: str = "customer") -> dict[str, str]:
+def bearer(api: LiveApi, user_id: uuid.UUID, role: Role = Role.CUSTOMER) -> dict[str, str]:
     return {"Authorization": f"Bearer {issue_access_token(api.jwt_secret, user_id, role, 3600)}"}
 
 
@@ -43,9 +44,9 @@ async def event_with_seats(
     hold_ttl_s: int = 600,
 ) -> str:
     organizer = await accounts.create_user(
-        db, unique_email("organizer"), hash_password(PASSWORD), "O", "organizer"
+        db, unique_email("organizer"), hash_password(PASSWORD), "O", Role.ORGANIZER
     )
-    auth = bearer(api, organizer.id, "organizer")
+    auth = bearer(api, organizer.id, Role.ORGANIZER)
     event = (await http.post("/events", headers=auth, json={
         "name": "Paid night", "venue": "Hall", "starts_at": "2027-06-01T20:00:00Z",
         "currency": "EUR", "hold_ttl_s": hold_ttl_s})).json()  # fmt: skip

@@ -12,11 +12,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from engine.client import EngineClient
 from engine.model import HoldPlaced
-from persistence.catalog import SectionSpec, add_event, publish_event
+from persistence.events import EventDraft, SectionSpec
+from sales import catalog
+from sales.vocabulary import SectionKind
 
 SECTIONS = [
-    SectionSpec("A", "Stalls", 5000, "seated", rows=30, seats_per_row=50),
-    SectionSpec("GA", "Floor", 3000, "general", capacity=20_000),
+    SectionSpec("A", "Stalls", 5000, SectionKind.SEATED, rows=30, seats_per_row=50),
+    SectionSpec("GA", "Floor", 3000, SectionKind.GENERAL, capacity=20_000),
 ]
 
 
@@ -24,16 +26,9 @@ async def published_event(
     db: AsyncEngine, client: EngineClient, event_id: str | None = None
 ) -> str:
     event_id = event_id or uuid.uuid4().hex[:16]
-    await add_event(
-        db,
-        event_id,
-        name="Gig",
-        venue="Hall",
-        starts_at=datetime.now(UTC),
-        currency="EUR",
-        sections=SECTIONS,
-    )
-    await publish_event(db, client, event_id)
+    draft = EventDraft(name="Gig", venue="Hall", starts_at=datetime.now(UTC), currency="EUR")
+    await catalog.create_event(db, None, draft, SECTIONS, event_id=event_id)
+    await catalog.put_on_sale(db, client, event_id)
     return event_id
 
 

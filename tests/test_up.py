@@ -60,7 +60,7 @@ def test_onsale_up_serves_health_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> 
         tree = psutil.Process(proc.pid).children(recursive=True)
         names = " ".join(" ".join(p.cmdline()) for p in tree if p.is_running())
         assert "valkey-server" in names and "postgres" in names and "raylet" in names
-        assert "api.localstripe" in names  # payments in test mode, offline
+        assert "sales.testmode" in names  # payments in test mode, offline
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
         banner = proc.stdout.read().decode() if proc.stdout else ""

@@ -13,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from engine.client import EngineClient
 from engine.scripts import EventKeys
 from persistence.orders import create_order
-from persistence.writer import OutboxWriter, _decode, write_entries
+from persistence.writer import OutboxWriter, decode_entry, write_entries
+from sales.items import OrderItem
 from tests.sales import published_event, sell
 from tests.test_rebuild import lose_inventory_but_not_outbox, restoring_client
 
@@ -105,13 +106,13 @@ async def test_a_refund_written_before_its_sale_leaves_the_order_refunded(
         hold_id=hold.hold_id,
         amount_cents=6000,
         currency="EUR",
-        items=[{"section": "GA", "quantity": 2}],
+        items=[OrderItem("GA", 2, 1000)],
         expires_at=datetime.now(UTC) + timedelta(minutes=10),
     )
     await client.confirm(event_id, hold.hold_id, order_id, {})
     await client.refund(event_id, order_id, hold.hold_id)
     stream = EventKeys(event_id).outbox
-    confirmed, refunded = [_decode(stream, i, f) for i, f in await redis.xrange(stream)]
+    confirmed, refunded = [decode_entry(stream, i, f) for i, f in await redis.xrange(stream)]
     async with db.begin() as conn:
         assert await write_entries(conn, [refunded]) == 0
     async with db.begin() as conn:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from typing import Literal
 
 from fastapi import APIRouter, status
 
@@ -12,6 +11,7 @@ from api.errors import ApiError
 from api.schemas import ApplicationIn, ApplicationOut, RoleIn, UserOut, problem_responses
 from persistence import accounts
 from persistence.accounts import Application, ApplicationConflict
+from sales.vocabulary import ApplicationStatus, Role
 
 router = APIRouter(tags=["organizers"])
 
@@ -21,7 +21,7 @@ def _out(a: Application) -> ApplicationOut:
         id=a.id,
         user_id=a.user_id,
         organization=a.organization,
-        status=a.status,  # type: ignore[arg-type]
+        status=a.status,
         created_at=a.created_at,
         decided_at=a.decided_at,
     )
@@ -34,7 +34,7 @@ def _out(a: Application) -> ApplicationOut:
 )
 async def apply(body: ApplicationIn, user: CurrentUser, db: DbDep) -> ApplicationOut:
     """A customer asks to sell tickets; an admin approves or rejects."""
-    if user.role != "customer":
+    if user.role is not Role.CUSTOMER:
         raise ApiError("not_a_customer")
     try:
         return _out(await accounts.apply_as_organizer(db, user.user_id, body.organization))
@@ -44,7 +44,7 @@ async def apply(body: ApplicationIn, user: CurrentUser, db: DbDep) -> Applicatio
 
 @router.get("/admin/organizer-applications", responses=problem_responses(401, 403))
 async def applications(
-    _: Admin, db: DbDep, status: Literal["pending", "approved", "rejected"] | None = None
+    _: Admin, db: DbDep, status: ApplicationStatus | None = None
 ) -> list[ApplicationOut]:
     return [_out(a) for a in await accounts.list_applications(db, status)]
 
@@ -83,4 +83,4 @@ async def set_role(user_id: uuid.UUID, body: RoleIn, _: Admin, db: DbDep) -> Use
     account = await accounts.set_role(db, user_id, body.role)
     if account is None:
         raise ApiError("not_found", "no such user")
-    return UserOut(id=account.id, email=account.email, name=account.name, role=account.role)  # type: ignore[arg-type]
+    return UserOut(id=account.id, email=account.email, name=account.name, role=account.role)

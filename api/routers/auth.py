@@ -23,7 +23,7 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 
 
 def _user(account: Account) -> UserOut:
-    return UserOut(id=account.id, email=account.email, name=account.name, role=account.role)  # type: ignore[arg-type]
+    return UserOut(id=account.id, email=account.email, name=account.name, role=account.role)
 
 
 async def _session(request: Request, account: Account) -> TokensOut:

@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse
 from api.broadcast import EXTENSION
 from api.live import LiveHub, Viewer, ViewerTooSlow
 from engine.errors import EngineError
+from sales.vocabulary import EventStatus
 
 router = APIRouter(tags=["live"])
 
@@ -37,11 +38,12 @@ async def live_page(event_id: str) -> HTMLResponse:
 
 @router.websocket("/ws/events/{event_id}")
 async def live_stream(websocket: WebSocket, event_id: str) -> None:
-    """A snapshot, then merged deltas, of one event's availability (API.md, "Live seat map")."""
+    """A snapshot, then merged deltas, of one event's availability
+    (docs/API.md, "Live seat map")."""
     state = websocket.app.state
     event = await state.event_cache.get(event_id)
     await websocket.accept()
-    if event is None or event.status == "draft":
+    if event is None or event.status is EventStatus.DRAFT:
         await websocket.close(CLOSE_NOT_FOUND, "no such event")
         return
     hub: LiveHub = state.live

@@ -8,13 +8,9 @@ import uuid
 from typing import Literal
 
 import segno
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 
-from api.deps import CurrentUser, DbDep
-from api.errors import ApiError
-from api.routers.events import managed_event, visible_event
-from api.routers.orders import may_see as may_see_order
-from api.routers.orders import may_see_sale
+from api.deps import CurrentUser, DbDep, SignerDep
 from api.schemas import (
     CheckInIn,
     CheckInOut,
@@ -24,48 +20,34 @@ from api.schemas import (
     TicketTokenOut,
     problem_responses,
 )
-from api.ticketing import InvalidTicket, TicketClaims, TicketSigner
-from persistence import orders as order_store
-from persistence import tickets as store
-from persistence.orders import TicketRecord
-from persistence.tickets import TicketView
+from sales import checkin, tickets
+from sales.access import visible_event
 
 router = APIRouter(tags=["tickets"])
 
 QR_MEDIA = {"svg": "image/svg+xml", "png": "image/png"}
 
 
-def token_of(signer: TicketSigner, ticket: TicketRecord | TicketView) -> str:
-    return signer.sign(
-        TicketClaims(
-            str(ticket.id), ticket.event_id, ticket.section_code, ticket.seat_id, ticket.serial
-        )
-    )
-
-
 @router.get("/orders/{order_id}/tickets", responses=problem_responses(401, 404))
 async def order_tickets(
-    order_id: str, user: CurrentUser, request: Request, db: DbDep
+    order_id: str, user: CurrentUser, db: DbDep, signer: SignerDep
 ) -> TicketList:
     """One ticket per seat or GA place once the order is paid, each with the
     signed token its QR code carries; a refunded order's tickets are revoked."""
-    order = await order_store.get_order(db, order_id)
-    if order is None or not may_see_order(order, user):
-        raise ApiError("not_found", "no such order")
-    signer: TicketSigner = request.app.state.tickets
+    order, issued = await tickets.tickets_of_order(db, signer, order_id, user)
     return TicketList(
         order_id=order.id,
         order_status=order.status,
         items=[
             TicketTokenOut(
-                id=t.id,
-                event_id=t.event_id,
-                seat=t.seat_id,
-                section=t.section_code,
-                status=t.status,
-                token=token_of(signer, t) if t.status == "valid" else None,
+                id=i.ticket.id,
+                event_id=i.ticket.event_id,
+                seat=i.ticket.seat_id,
+                section=i.ticket.section_code,
+                status=i.ticket.status,
+                token=i.token,
             )
-            for t in order.tickets
+            for i in issued
         ],
     )
 
@@ -82,18 +64,13 @@ async def ticket_qr(
     ticket_id: uuid.UUID,
     fmt: Literal["svg", "png"],
     user: CurrentUser,
-    request: Request,
     db: DbDep,
+    signer: SignerDep,
 ) -> Response:
     """The ticket's token as a QR code (segno), for a phone screen or print."""
-    ticket = await store.get_ticket(db, ticket_id)
-    if ticket is None or not may_see_sale(ticket.customer_id, ticket.event_organizer_id, user):
-        raise ApiError("not_found", "no such ticket")
-    if ticket.status != "valid":
-        raise ApiError("ticket_revoked", "this ticket's order was refunded")
-    qr = segno.make(token_of(request.app.state.tickets, ticket), error="m")
+    token = await tickets.ticket_token(db, signer, ticket_id, user)
     out = io.BytesIO()
-    qr.save(out, kind=fmt, scale=4 if fmt == "png" else 1, border=4)
+    segno.make(token, error="m").save(out, kind=fmt, scale=4 if fmt == "png" else 1, border=4)
     return Response(
         out.getvalue(),
         media_type=QR_MEDIA[fmt],
@@ -102,10 +79,9 @@ async def ticket_qr(
 
 
 @router.get("/events/{event_id}/ticket-key", responses=problem_responses(404))
-async def ticket_key(event_id: str, request: Request) -> TicketKeyOut:
+async def ticket_key(event_id: str, db: DbDep, signer: SignerDep) -> TicketKeyOut:
     """The public key this event's tickets verify with, for offline scanners."""
-    event = await visible_event(request, event_id, None)
-    signer: TicketSigner = request.app.state.tickets
+    event = await visible_event(db, event_id, None)
     return TicketKeyOut(
         event_id=event.id,
         key_id=signer.key_id,
@@ -118,38 +94,21 @@ async def ticket_key(event_id: str, request: Request) -> TicketKeyOut:
     "/events/{event_id}/checkins", responses=problem_responses(400, 401, 403, 404, 409, 422)
 )
 async def check_in(
-    event_id: str, body: CheckInIn, user: CurrentUser, request: Request, db: DbDep
+    event_id: str, body: CheckInIn, user: CurrentUser, db: DbDep, signer: SignerDep
 ) -> CheckInOut:
     """Admits a ticket once: its signature and event are verified, a revoked
     ticket is refused, and a second scan answers 409 with the first's time."""
-    event = await managed_event(request, event_id, user)
-    try:
-        claims = request.app.state.tickets.verify(body.token, event.id)
-        ticket_id = uuid.UUID(claims.ticket_id)
-    except (InvalidTicket, ValueError) as exc:
-        raise ApiError("invalid_ticket", str(exc) or "not a ticket") from exc
-    result = await store.check_in(db, ticket_id, event.id, claims.serial, user.user_id)
-    if not result.valid:
-        raise ApiError("invalid_ticket", "the ticket was revoked or does not exist")
-    if not result.first:
-        raise ApiError(
-            "already_checked_in",
-            "this ticket was already checked in",
-            ticket_id=str(ticket_id),
-            checked_in_at=result.at.isoformat().replace("+00:00", "Z") if result.at else None,
-        )
-    assert result.at is not None
+    admitted = await checkin.check_in(db, signer, event_id, body.token, user)
     return CheckInOut(
-        ticket_id=ticket_id, section=result.section_code, seat=result.seat_id,
-        checked_in_at=result.at,
-    )  # fmt: skip
+        ticket_id=admitted.ticket_id,
+        section=admitted.section,
+        seat=admitted.seat,
+        checked_in_at=admitted.checked_in_at,
+    )
 
 
 @router.get("/events/{event_id}/checkins/stats", responses=problem_responses(401, 403, 404))
-async def checkin_stats(
-    event_id: str, user: CurrentUser, request: Request, db: DbDep
-) -> CheckInStatsOut:
+async def checkin_stats(event_id: str, user: CurrentUser, db: DbDep) -> CheckInStatsOut:
     """Checked in against sold (valid tickets), for the event's owner and admins."""
-    event = await managed_event(request, event_id, user)
-    sold, checked_in = await store.checkin_stats(db, event.id)
-    return CheckInStatsOut(event_id=event.id, sold=sold, checked_in=checked_in)
+    tally = await checkin.tally(db, event_id, user)
+    return CheckInStatsOut(event_id=tally.event_id, sold=tally.sold, checked_in=tally.checked_in)

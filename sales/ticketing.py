@@ -25,7 +25,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from api.security import load_or_create_secret
+from persistence.secrets import load_or_create_secret
 
 ALGORITHM = "EdDSA"
 KEY_FILE = "ticket-signing-key.pem"

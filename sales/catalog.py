@@ -1,0 +1,117 @@
+"""Running an event: creating it, editing it, putting it on sale and ending it.
+
+The one way an event comes to be (the API, the demo seed, the tests and the
+benchmarks all call :func:`create_event`): a draft owned by its organizer,
+then its sections, each checked as the API checks them. Publishing writes
+Postgres, then loads the engine; closing and cancelling stop the sale in
+Postgres, then in the engine.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from engine.errors import EventNotFound
+from persistence import events as event_store
+from persistence.catalog import InventoryLoader, PublishError, publish_event
+from persistence.events import EventConflict, EventDraft, EventRecord, SectionRecord, SectionSpec
+from sales.access import Principal, managed_event
+from sales.errors import SaleRefused
+from sales.vocabulary import EventStatus
+
+
+class StatusSetter(InventoryLoader, Protocol):
+    """The engine client as ending a sale needs it."""
+
+    async def set_status(self, event_id: str, status: EventStatus) -> EventStatus: ...
+
+
+async def create_event(
+    db: AsyncEngine,
+    organizer_id: uuid.UUID | None,
+    draft: EventDraft,
+    sections: Sequence[SectionSpec] = (),
+    *,
+    event_id: str | None = None,
+) -> EventRecord:
+    """A draft event with its sections. The organizer must exist
+    (``invalid_token`` otherwise: the caller's account is gone)."""
+    try:
+        event = await event_store.create_event(db, organizer_id, draft, event_id=event_id)
+    except event_store.UnknownOrganizer as exc:
+        raise SaleRefused("invalid_token", "the account no longer exists") from exc
+    for spec in sections:
+        await add_section_to(db, event.id, spec)
+    if sections:
+        found = await event_store.get_event(db, event.id)
+        assert found is not None
+        event = found
+    return event
+
+
+async def add_section_to(db: AsyncEngine, event_id: str, spec: SectionSpec) -> SectionRecord:
+    try:
+        return await event_store.add_section(db, event_id, spec)
+    except EventConflict as exc:
+        raise SaleRefused(exc.code, exc.detail) from exc
+
+
+async def add_section(
+    db: AsyncEngine, event_id: str, spec: SectionSpec, user: Principal
+) -> SectionRecord:
+    """A section of a draft the caller manages."""
+    await managed_event(db, event_id, user)
+    return await add_section_to(db, event_id, spec)
+
+
+async def update_event(
+    db: AsyncEngine, event_id: str, changes: dict[str, Any], user: Principal
+) -> EventRecord:
+    """Drafts take every field; an event on sale only its descriptive ones."""
+    await managed_event(db, event_id, user)
+    try:
+        return await event_store.update_event(db, event_id, changes)
+    except EventConflict as exc:
+        raise SaleRefused(exc.code, exc.detail) from exc
+
+
+async def publish(
+    db: AsyncEngine, engine: InventoryLoader, event_id: str, user: Principal
+) -> EventRecord:
+    """Puts the event on sale: Postgres first, then its inventory into Redis."""
+    await managed_event(db, event_id, user)
+    return await put_on_sale(db, engine, event_id)
+
+
+async def put_on_sale(db: AsyncEngine, engine: InventoryLoader, event_id: str) -> EventRecord:
+    """Publishes (or, for an event already on sale, loads the engine again if
+    Redis lost it); for tools and the demo seed, which act as the organizer."""
+    try:
+        await publish_event(db, engine, event_id)
+    except PublishError as exc:
+        raise SaleRefused(exc.code, str(exc)) from exc
+    event = await event_store.get_event(db, event_id)
+    assert event is not None
+    return event
+
+
+async def end_sale(
+    db: AsyncEngine, engine: StatusSetter, event_id: str, status: EventStatus, user: Principal
+) -> EventRecord:
+    """Closes (no new holds; holds already placed may still be bought) or
+    cancels (no new holds and no new sales)."""
+    await managed_event(db, event_id, user)
+    try:
+        previous, event = await event_store.end_event(db, event_id, status)
+    except EventConflict as exc:
+        raise SaleRefused(exc.code, exc.detail) from exc
+    if previous in (EventStatus.ON_SALE, EventStatus.CLOSED):  # in Redis: stop the sale there
+        try:
+            await engine.set_status(event_id, status)
+        except EventNotFound:
+            pass  # nothing loaded (Redis lost it): a rebuild reads the new status
+    return event
