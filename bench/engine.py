@@ -27,252 +27,60 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import os
 import platform
-import random
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import urlsplit
 
-import engine  # noqa: F401  (sets an env var Ray reads at import: must come before `import ray`)
-
-# isort: split
 import asyncpg
 import ray
 from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
+from bench.pg_baseline import (
+    PG_SCHEMA,
+    pg_hold_quantity,
+    pg_hold_seats,
+    pg_load,
+    pg_oversell,
+    pg_unload,
+)
+from bench.workload import (
+    GA_CAPACITY,
+    GA_CODE,
+    MODES,
+    ROWS,
+    SEATS_PER_ROW,
+    SECTIONS,
+    TTL_S,
+    Held,
+    Request,
+    RunResult,
+    Tally,
+    build_stream,
+    drive,
+    redis_oversell,
+    result_of,
+)
 from engine import runtime
 from engine.client import EngineClient
 from engine.errors import SeatsUnavailable, SoldOut
-from engine.model import (
-    Command,
-    GeneralSection,
-    HoldQuantity,
-    HoldSeats,
-    SeatedSection,
-    Section,
-    Snapshot,
-    seat_id,
-)
 from engine.scripts import EventKeys, InventoryScripts
 from persistence.embedded import EmbeddedPostgres, EmbeddedValkey
 
-GA_CODE, SEATED_CODE = "GA", "S"
-GA_CAPACITY, ROWS, SEATS_PER_ROW = 50_000, 100, 100
-SECTIONS: list[Section] = [
-    GeneralSection(GA_CODE, GA_CAPACITY),
-    SeatedSection(SEATED_CODE, rows=ROWS, seats_per_row=SEATS_PER_ROW),
-]
-TTL_S = 600.0
 REFUSALS = frozenset({SoldOut.code, SeatsUnavailable.code})  # normal answers, not failures
-MODES = ("engine", "raw", "baseline")
 TARGET_RAW_RATIO, TARGET_BASELINE_RATIO, TARGET_P99_MS = 0.5, 50.0, 25.0
-
-
-# ---------------------------------------------------------------- workload
-
-
-class Request(NamedTuple):
-    hold_id: str
-    customer_id: str
-    quantity: int
-    seats: tuple[str, ...]  # empty: a GA request for `quantity` tickets
-
-    def command(self) -> Command:
-        ttl_ms = round(TTL_S * 1000)
-        if self.seats:
-            return HoldSeats(self.hold_id, self.customer_id, self.seats, ttl_ms)
-        return HoldQuantity(self.hold_id, self.customer_id, GA_CODE, self.quantity, ttl_ms)
-
-
-def build_stream(n: int, seed: int) -> list[Request]:
-    """80 % GA holds of 1-4 tickets, 20 % runs of 1-4 adjacent seats at random.
-
-    Ids come from the seeded generator (as uuid4 hex), so every mode and every
-    repeat sees exactly the same stream.
-    """
-    rng = random.Random(seed)
-
-    def token() -> str:
-        return uuid.UUID(int=rng.getrandbits(128), version=4).hex
-
-    stream = []
-    for _ in range(n):
-        quantity = rng.randint(1, 4)
-        seats: tuple[str, ...] = ()
-        if rng.random() >= 0.8:
-            row, first = rng.randint(1, ROWS), rng.randint(1, SEATS_PER_ROW - quantity + 1)
-            seats = tuple(seat_id(SEATED_CODE, row, s) for s in range(first, first + quantity))
-        stream.append(Request(token(), token(), quantity, seats))
-    return stream
-
-
-# ---------------------------------------------------------------- tallies
-
-
-class Held(NamedTuple):
-    """A successful hold as the mode's answer described it."""
-
-    hold_id: str
-    quantity: int
-    seats: tuple[str, ...]
-
-
-@dataclass
-class Tally:
-    latencies: list[float] = field(default_factory=list)
-    held: list[Held] = field(default_factory=list)
-    refused: int = 0
-    failures: int = 0
-    first_failure: str | None = None
-    elapsed_s: float = 0.0
-
-    def answer(self, latency_s: float, held: Held | None) -> None:
-        self.latencies.append(latency_s)
-        if held is None:
-            self.refused += 1
-        else:
-            self.held.append(held)
-
-    def fail(self, what: str, count: int = 1) -> None:
-        self.failures += count
-        if self.first_failure is None:
-            self.first_failure = what
-
-
-@dataclass
-class RunResult:
-    mode: str
-    run: int
-    answered: int
-    elapsed_s: float
-    holds_per_s: float
-    p50_ms: float
-    p99_ms: float
-    successes: int
-    refused: int
-    failures: int
-    tickets: int
-    oversell: int
-    first_failure: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def percentile_ms(latencies: Sequence[float], pct: int) -> float:
-    if not latencies:
-        return float("nan")
-    if len(latencies) == 1:
-        return latencies[0] * 1000
-    return statistics.quantiles(latencies, n=100, method="inclusive")[pct - 1] * 1000
-
-
-def result_of(mode: str, run: int, tally: Tally, oversell: int) -> RunResult:
-    answered = len(tally.latencies)
-    return RunResult(
-        mode=mode,
-        run=run,
-        answered=answered,
-        elapsed_s=tally.elapsed_s,
-        holds_per_s=answered / tally.elapsed_s if tally.elapsed_s > 0 else 0.0,
-        p50_ms=percentile_ms(tally.latencies, 50),
-        p99_ms=percentile_ms(tally.latencies, 99),
-        successes=len(tally.held),
-        refused=tally.refused,
-        failures=tally.failures,
-        tickets=sum(h.quantity for h in tally.held),
-        oversell=oversell,
-        first_failure=tally.first_failure,
-    )
-
-
-async def drive(
-    stream: Sequence[Request],
-    callers: int,
-    call: Callable[[Request], Awaitable[Held | None]],
-    *,
-    think_s: float = 0.0,
-    seed: int = 0,
-    time_box_s: float | None = None,
-) -> Tally:
-    """``callers`` tasks share one iterator over ``stream``: a closed loop, or an
-    offered load when each caller pauses between requests.
-
-    Pauses are exponential with mean ``think_s`` (from ``seed``): with a fixed pause,
-    the callers answered by one batch would all come back together and fall
-    into one batch again, so the load would clump into ever larger bursts.
-    """
-    tally = Tally()
-    pending = iter(stream)
-    pauses = random.Random(seed)
-    gc.collect()
-    gc.freeze()  # as an API worker does after start-up (api/app.py)
-    start = time.perf_counter()
-    deadline = start + time_box_s if time_box_s else float("inf")
-
-    async def caller() -> None:
-        if think_s:  # first arrivals spread out too, not all at t=0
-            await asyncio.sleep(pauses.expovariate(1 / think_s))
-        for request in pending:
-            if time.perf_counter() >= deadline:
-                return
-            began = time.perf_counter()
-            try:
-                held = await call(request)
-            except Exception as exc:
-                tally.fail(f"{type(exc).__name__}: {exc}")
-            else:
-                tally.answer(time.perf_counter() - began, held)
-            if think_s:
-                await asyncio.sleep(pauses.expovariate(1 / think_s))
-
-    await asyncio.gather(*(caller() for _ in range(callers)))
-    tally.elapsed_s = time.perf_counter() - start
-    return tally
-
-
-# ---------------------------------------------------------------- oversell checks
-
-
-def seat_disagreements(held: Sequence[Held], held_now: dict[str, str | None]) -> int:
-    """Seats claimed by two successes, claimed but not held now, or held now but
-    claimed by no success (or by another hold, where the owner is known)."""
-    claims = Counter(seat for h in held for seat in h.seats)
-    doubled = sum(n - 1 for n in claims.values())
-    owner = {seat: h.hold_id for h in held for seat in h.seats}
-    missing = sum(1 for seat in owner if seat not in held_now)
-    stray = sum(1 for seat in held_now if seat not in owner)
-    wrong = sum(
-        1 for seat, hold in held_now.items() if hold is not None and owner.get(seat, hold) != hold
-    )
-    return doubled + missing + stray + wrong
-
-
-def redis_oversell(snapshot: Snapshot, held: Sequence[Held]) -> int:
-    """Tickets beyond capacity, plus every way the successes and the final state disagree."""
-    ga, seated = snapshot.section(GA_CODE), snapshot.section(SEATED_CODE)
-    beyond = sum(max(0, s.held + s.sold - s.capacity) for s in (ga, seated))
-    ga_granted = sum(h.quantity for h in held if not h.seats)
-    distinct_seats = len({seat for h in held for seat in h.seats})
-    held_now: dict[str, str | None] = {s: None for s, st in snapshot.seats.items() if st == "held"}
-    return (
-        beyond
-        + abs(ga.held - ga_granted)
-        + abs(seated.held - distinct_seats)
-        + seat_disagreements(held, held_now)
-    )
 
 
 # ---------------------------------------------------------------- engine and raw modes
@@ -367,96 +175,6 @@ async def run_raw(bench: Bench, stream: Sequence[Request], run: int) -> RunResul
 
 # ---------------------------------------------------------------- baseline (Postgres)
 
-PG_SCHEMA = """
-CREATE TABLE IF NOT EXISTS bench_sections (
-    run text NOT NULL, code text NOT NULL, stock integer NOT NULL,
-    PRIMARY KEY (run, code));
-CREATE TABLE IF NOT EXISTS bench_seats (
-    run text NOT NULL, seat_id text NOT NULL, status text NOT NULL, hold_id text,
-    PRIMARY KEY (run, seat_id));
-CREATE TABLE IF NOT EXISTS bench_holds (
-    run text NOT NULL, hold_id text NOT NULL, customer_id text NOT NULL,
-    section text NOT NULL, quantity integer NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (run, hold_id));
-"""
-PG_LOAD_SEATS = """
-INSERT INTO bench_seats (run, seat_id, status)
-SELECT $1, $2 || '-' || r || '-' || s, 'available'
-FROM generate_series(1, $3::int) AS r, generate_series(1, $4::int) AS s
-"""
-PG_TAKE_STOCK = """
-UPDATE bench_sections SET stock = stock - $2
-WHERE run = $1 AND code = $3 AND stock >= $2 RETURNING stock
-"""
-PG_INSERT_HOLD = """
-INSERT INTO bench_holds (run, hold_id, customer_id, section, quantity) VALUES ($1, $2, $3, $4, $5)
-"""
-PG_LOCK_SEATS = """
-SELECT seat_id, status FROM bench_seats
-WHERE run = $1 AND seat_id = ANY($2::text[]) ORDER BY seat_id FOR UPDATE
-"""
-PG_HOLD_SEATS = """
-UPDATE bench_seats SET status = 'held', hold_id = $3 WHERE run = $1 AND seat_id = ANY($2::text[])
-"""
-
-
-class _Rollback(Exception):
-    """Leaves ``conn.transaction()`` by rolling back: the seats were not all free."""
-
-
-async def pg_load(pool: asyncpg.Pool, run_id: str) -> None:
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            "INSERT INTO bench_sections (run, code, stock) VALUES ($1, $2, $3)",
-            run_id, GA_CODE, GA_CAPACITY,
-        )  # fmt: skip
-        await conn.execute(PG_LOAD_SEATS, run_id, SEATED_CODE, ROWS, SEATS_PER_ROW)
-    async with pool.acquire() as conn:  # fresh rows: give the planner their statistics
-        await conn.execute("ANALYZE bench_sections, bench_seats")
-
-
-async def pg_hold_quantity(conn: asyncpg.Connection, run_id: str, request: Request) -> Held | None:
-    async with conn.transaction():
-        stock = await conn.fetchval(PG_TAKE_STOCK, run_id, request.quantity, GA_CODE)
-        if stock is None:  # the guard refused: not enough left
-            return None
-        await conn.execute(
-            PG_INSERT_HOLD, run_id, request.hold_id, request.customer_id,
-            GA_CODE, request.quantity,
-        )  # fmt: skip
-    return Held(request.hold_id, request.quantity, ())
-
-
-async def pg_hold_seats(conn: asyncpg.Connection, run_id: str, request: Request) -> Held | None:
-    seats = list(request.seats)
-    try:
-        async with conn.transaction():
-            rows = await conn.fetch(PG_LOCK_SEATS, run_id, seats)
-            if len(rows) != len(seats) or any(r["status"] != "available" for r in rows):
-                raise _Rollback
-            await conn.execute(PG_HOLD_SEATS, run_id, seats, request.hold_id)
-    except _Rollback:
-        return None
-    return Held(request.hold_id, len(seats), request.seats)
-
-
-async def pg_oversell(pool: asyncpg.Pool, run_id: str, held: Sequence[Held]) -> int:
-    async with pool.acquire() as conn:
-        stock = await conn.fetchval(
-            "SELECT stock FROM bench_sections WHERE run = $1 AND code = $2", run_id, GA_CODE
-        )
-        rows = await conn.fetch(
-            "SELECT seat_id, hold_id FROM bench_seats WHERE run = $1 AND status = 'held'", run_id
-        )
-    ga_granted = sum(h.quantity for h in held if not h.seats)
-    held_now: dict[str, str | None] = {r["seat_id"]: r["hold_id"] for r in rows}
-    return (
-        max(0, -stock)
-        + abs((GA_CAPACITY - stock) - ga_granted)
-        + seat_disagreements(held, held_now)
-    )
-
 
 async def run_baseline(bench: Bench, stream: Sequence[Request], run: int) -> RunResult:
     pool, cfg = bench.pool, bench.cfg
@@ -477,9 +195,7 @@ async def run_baseline(bench: Bench, stream: Sequence[Request], run: int) -> Run
         )  # fmt: skip
         oversell = await pg_oversell(pool, run_id, tally.held)
     finally:
-        async with pool.acquire() as conn:
-            for table in ("bench_holds", "bench_seats", "bench_sections"):
-                await conn.execute(f"DELETE FROM {table} WHERE run = $1", run_id)
+        await pg_unload(pool, run_id)
     return result_of("baseline", run, tally, oversell)
 
 
