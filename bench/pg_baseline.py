@@ -8,7 +8,7 @@ measured against.
 
 Every table is keyed by a ``run`` id, so runs (and repeats) share one schema
 and never see each other's rows. The SQL is shared by every benchmark that
-compares with Postgres: ``onsale bench engine`` (:mod:`bench.engine`)
+compares with Postgres: ``onsale bench engine`` (:mod:`bench.engine_modes`)
 uses all of it; ``onsale bench http``'s ``POST /bench/pg-holds``
 (:mod:`bench.http_server`) and the Locust spike's baseline server
 (``locust/onsale_load/baseline_server.py``) create :data:`PG_SCHEMA` and take

@@ -8,7 +8,7 @@ reported with the final inventory in Redis (the engine and raw modes);
 the Postgres baseline's own check is in :mod:`bench.pg_baseline`, and shares
 :func:`seat_disagreements`.
 
-Nothing here talks to a server: the modes (:mod:`bench.engine`) pass
+Nothing here talks to a server: the modes (:mod:`bench.engine_modes`) pass
 :func:`drive` a coroutine that makes one hold their way.
 """
 
