@@ -41,8 +41,8 @@ from rich.table import Table
 from api.security import issue_access_token
 from api.settings import Settings
 from api.supervisor import embedded_stack
-from bench.engine import PG_SCHEMA
 from bench.http_server import BASELINE_RUN
+from bench.pg_baseline import PG_SCHEMA
 from engine.client import EngineClient
 from persistence.db import create_engine
 from persistence.embedded import free_port

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 from api.app import create_app
 from api.deps import Customer
 from api.errors import ApiError
-from bench.engine import PG_INSERT_HOLD, PG_TAKE_STOCK
+from bench.pg_baseline import PG_INSERT_HOLD, PG_TAKE_STOCK
 
 BASELINE_RUN = "ONSALE_BENCH_BASELINE_RUN"  # the bench_sections run id to hold from
 

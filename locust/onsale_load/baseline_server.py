@@ -27,8 +27,8 @@ import asyncpg
 from api.seed import seed_admin
 from api.settings import Settings
 from api.supervisor import embedded_stack
-from bench.engine import PG_SCHEMA
 from bench.http import start_server
+from bench.pg_baseline import PG_SCHEMA
 from persistence.db import create_engine
 
 BASELINE_FILE = "bench-baseline.json"
