@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test test-lua-system lint bench install clean
+.PHONY: up test test-lua-system lint bench openapi install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/onsale bench engine
+
+## docs/openapi.json, the app's schema as served at /openapi.json; run after
+## changing a route or schema (tests/test_api_contract.py fails until you do).
+openapi: $(STAMP)
+	$(BIN)/onsale openapi > docs/openapi.json
 
 ## One load scenario (locust/scenarios/SCENARIO.conf), headless, against a
 ## running `make up` (for all but rate-limit: ONSALE_RATE_LIMITS=off make up).

@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         "simulate",
         help="N virtual buyers race for one event through the API (--event ID --users N)",
     )
+    commands.add_parser("openapi")  # no help: for `make openapi`, not for operators
     bench = commands.add_parser("bench", help="benchmarks")
     bench.add_argument("name", choices=["engine", "writer", "http", "viewers"])
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
@@ -52,6 +53,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "create-admin":
         return _create_admin(args.email, args.password)
+    if args.command == "openapi":  # docs/openapi.json, which tests/test_api_contract.py pins
+        import json
+
+        from api.app import create_app
+
+        # URLs are required but never dialled: the app is built, not started.
+        unused = Settings(
+            redis_url="redis://127.0.0.1:1/0", database_url="postgresql://x@127.0.0.1:1/x"
+        )
+        print(json.dumps(create_app(unused).openapi(), indent=2, sort_keys=True))
+        return 0
     if args.command == "writer":
         from api.supervisor import run_writer
 
