@@ -37,6 +37,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisClusterException, RedisError
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from api.broadcast import DirectWriter, text_frame
 from engine.model import Snapshot
@@ -58,6 +59,7 @@ VIEWER_OVERFLOWS = Counter(
 CHANGE_SETS = Counter("onsale_live_change_sets_total", "Change sets heard from Redis")
 
 FetchSnapshot = Callable[[str], Awaitable[Snapshot]]
+SUBSCRIPTION_LOST = (RedisError, RedisClusterException, OSError)
 
 
 @dataclass(frozen=True)
@@ -360,35 +362,56 @@ class LiveHub:
             self._ticker = asyncio.create_task(self._tick_loop(), name="live-ticker")
 
     async def _read_loop(self) -> None:
-        backoff_s = 0.1
+        """Hears change sets for as long as the hub lives. When the subscription
+        is lost, reconnecting is retried with a backoff (tenacity) that starts
+        again from the shortest wait once a message has been heard."""
         while True:
-            try:
+            retrying = AsyncRetrying(
+                retry=retry_if_exception_type(SUBSCRIPTION_LOST),
+                wait=wait_exponential(multiplier=0.1, max=5.0),
+                before_sleep=self._lost,
+            )
+            await retrying(self._listen)
+
+    async def _listen(self) -> None:
+        """Reads and dispatches messages until the subscription is lost: raises
+        if nothing was heard since the last loss (the retry waits first),
+        returns if something was (the next attempt starts afresh)."""
+        heard = False
+        try:
+            while True:
                 if self._renew:
                     await self._resubscribe_elsewhere()
                 if self._pubsub.connection is None:  # renewed, nothing to hear yet
                     await asyncio.sleep(self.tick_s)
                     continue
                 message = await self._pubsub.get_message(timeout=None)
-                backoff_s = 0.1
-            except (RedisError, RedisClusterException, OSError) as exc:
-                # redis-py reconnects and resubscribes on the next read; change
-                # sets published meanwhile are lost, which viewers see as a gap.
-                log.warning("live: Redis subscription lost (%s); reconnecting", exc)
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
-                # On a cluster it would reconnect to the same node, which may
-                # be gone for good (failed over): subscribe afresh instead.
-                self._renew = is_cluster(self.redis)
-                continue
-            if message is None:
-                continue
-            feed = self._by_channel.get(message["channel"])
-            if feed is None:
-                continue
-            if message["type"] == "message":
-                feed.hear(message["data"])
-            elif message["type"] == "subscribe":
-                feed.subscribed.set()
+                heard = True
+                if message is not None:
+                    self._dispatch(message)
+        except SUBSCRIPTION_LOST as exc:
+            # redis-py reconnects and resubscribes on the next read; change
+            # sets published meanwhile are lost, which viewers see as a gap.
+            # On a cluster it would reconnect to the same node, which may be
+            # gone for good (failed over): subscribe afresh instead.
+            self._renew = is_cluster(self.redis)
+            if not heard:
+                raise
+            log.warning("live: Redis subscription lost (%s); reconnecting", exc)
+
+    def _lost(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        log.warning("live: Redis subscription lost (%s); reconnecting in %.1fs", exc, delay)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        feed = self._by_channel.get(message["channel"])
+        if feed is None:
+            return
+        if message["type"] == "message":
+            feed.hear(message["data"])
+        elif message["type"] == "subscribe":
+            feed.subscribed.set()
 
     async def _resubscribe_elsewhere(self) -> None:
         """Cluster only: every channel again, on a new connection to a node of

@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     ray_object_store_mb: int = 128
     host: str = "127.0.0.1"
     port: int = 8000
+    # How long an idle HTTP connection is kept open for the client's next
+    # request: longer than clients and load balancers keep theirs (60 s).
+    keep_alive_s: int = Field(default=75, ge=1, le=3600)
 
     # Engine client: coalescing window and size, per-call timeout, sweep period.
     batch_window_ms: float = 1.5

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 import uvicorn
 
@@ -155,14 +155,25 @@ def serve(settings: Settings, workers: int = 1, *, with_writer: bool = False) ->
             port=ready.port,
             workers=workers,
             log_level="info",
-            access_log=False,  # the app logs each request itself, as JSON with its id
-            lifespan="on",
-            # Seat-map deltas are small and go to thousands of sockets: deflating
-            # each copy would cost more CPU than the bytes are worth.
-            ws_per_message_deflate=False,
-            ws=BROADCAST_PROTOCOL,  # one frame written to every viewer (api/broadcast.py)
-            ws_max_size=64 * 1024,
+            **uvicorn_options(ready),
         )
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """How onsale serves HTTP and WebSockets, wherever uvicorn runs it."""
+    return {
+        "access_log": False,  # the app logs each request itself, as JSON with its id
+        "lifespan": "on",
+        # Longer than any client keeps an idle connection for reuse (httpx 5 s,
+        # load balancers 60 s): a server that closes first races the client's
+        # next request on that connection, which then fails with a reset.
+        "timeout_keep_alive": settings.keep_alive_s,
+        # Seat-map deltas are small and go to thousands of sockets: deflating
+        # each copy would cost more CPU than the bytes are worth.
+        "ws_per_message_deflate": False,
+        "ws": BROADCAST_PROTOCOL,  # one frame written to every viewer (api/broadcast.py)
+        "ws_max_size": 64 * 1024,
+    }
 
 
 async def _seed(settings: Settings) -> None:

@@ -30,7 +30,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import engine  # noqa: F401  (sets an env var Ray reads at import: must come before `import ray`)
 
 # isort: split
 import ray

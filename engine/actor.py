@@ -135,6 +135,8 @@ class EventActor:
                 if failures <= 3 or failures % 100 == 0:
                     log.exception("event %s: write loop step failed", self.event_id)
                 # Redis away: sweep ever less often (commands still run at once).
+                # A schedule, not a retry: the loop must keep serving commands
+                # meanwhile, so there is no call here for tenacity to wrap.
                 next_sweep = time.monotonic() + min(
                     self._sweep_interval_s * 2**failures, MAX_SWEEP_BACKOFF_S
                 )

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -16,22 +15,14 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.async_api import Browser, Locator, Page, async_playwright, expect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.api_support import PASSWORD, User, on_sale_event, register, user_with_role
 from tests.conftest import LiveApi
+from tests.tools import need_tool
 
-pytest.importorskip(
-    "playwright", reason="the browser tests need playwright (pip install playwright)"
-)
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-if not os.access(CHROMIUM, os.X_OK):
-    pytest.skip(
-        "the browser tests need Chromium at /usr/bin/chromium (apt-get install chromium)",
-        allow_module_level=True,
-    )
-
-from playwright.async_api import Browser, Locator, Page, async_playwright, expect  # noqa: E402
+pytestmark = pytest.mark.browser
 
 SECTIONS = [
     {"kind": "seated", "code": "A", "name": "Stalls", "price_cents": 4500, "rows": 5,
@@ -47,10 +38,16 @@ ARTIFACTS = Path(os.environ.get("ONSALE_TEST_ARTIFACTS", "test-artifacts"))
 
 @pytest.fixture(scope="module")
 async def browser() -> AsyncIterator[Browser]:
+    """Debian's Chromium (Playwright's own browser download cannot run here)."""
+    executable = need_tool("chromium")
     async with async_playwright() as p:
         chromium = await p.chromium.launch(
-            executable_path=CHROMIUM, args=["--headless", "--no-sandbox"]
-        )
+            executable_path=executable,
+            # No sandbox as root; nothing reaching for the (closed) network.
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync"],
+        )  # fmt: skip
         yield chromium
         await chromium.close()
 
