@@ -61,6 +61,7 @@ class EventActor:
         self._max_batch_ops = max_batch_ops
         self._pending: deque[tuple[str, int, asyncio.Future[tuple[bytes, int]]]] = deque()
         self._wake = asyncio.Event()
+        self._loading = asyncio.Lock()  # one load or rebuild of the inventory at a time
         self._stats = {"batches": 0, "ops": 0, "sweeps": 0, "swept_holds": 0, "restores": 0}
         self._writer = asyncio.get_running_loop().create_task(self._write_loop())
         # Everything alive now lives as long as the actor: keep it out of the
@@ -83,9 +84,19 @@ class EventActor:
     async def load_inventory(
         self, sections: list[Section], status: EventStatus, max_per_customer: int
     ) -> bool:
-        return await self._scripts.load_inventory(
-            self.event_id, sections, status=status, max_per_customer=max_per_customer
-        )
+        """Loads the seat map once; False if Redis already has it.
+
+        With a restore (the API's actors), an event Postgres already has on
+        sale is loaded from Postgres, sales included: a publish that finds
+        Redis has lost an event must bring its sold seats back, never lay
+        out an empty map beside a rebuild. Interleaves at ``await``; loads,
+        like the rebuild at start, hold ``_loading`` so only one runs."""
+        async with self._loading:
+            if self._restore is not None and await self._rebuild_if_missing():
+                return True
+            return await self._scripts.load_inventory(
+                self.event_id, sections, status=status, max_per_customer=max_per_customer
+            )
 
     async def set_status(self, status: EventStatus) -> EventStatus:
         return await self._scripts.set_status(self.event_id, status)
@@ -98,6 +109,11 @@ class EventActor:
         return str(ray.get_runtime_context().get_node_id())
 
     async def _restore_if_missing(self) -> bool:
+        async with self._loading:
+            return await self._rebuild_if_missing()
+
+    async def _rebuild_if_missing(self) -> bool:
+        """The inventory from Postgres if Redis has none; hold ``_loading``."""
         if self._restore is None or await self._redis.exists(EventKeys(self.event_id).meta):
             return False
         restored = await self._restore(self._scripts, self.event_id)

@@ -13,6 +13,7 @@ from engine.errors import SeatsUnavailable
 from engine.scripts import EventKeys
 from persistence.rebuild import PostgresRestore
 from persistence.writer import OutboxWriter
+from sales import catalog
 from tests.sales import counts, published_event, sell
 
 
@@ -75,3 +76,23 @@ async def test_rebuild_counts_confirmations_the_writer_has_not_written_yet(
     assert {s for s, v in after.seats.items() if v == "sold"} == set(before.seats)
     await OutboxWriter(redis, db).drain()
     assert (await counts(database_url, event_id))[:2] == (20, 20)  # and written once
+
+
+async def test_publishing_again_after_redis_lost_the_event_keeps_its_sales_sold(
+    db: AsyncEngine, restoring_client: EngineClient, redis: Redis
+) -> None:
+    """`make up` publishes the demo event again at every start, and its actor
+    may still be alive: a publish that finds the inventory gone must load what
+    Postgres has sold, never an empty map that would sell those seats again."""
+    client = restoring_client
+    event_id = await published_event(db, client)
+    await sell(client, event_id, 8)  # 2 seats and 6 GA orders
+    await OutboxWriter(redis, db).drain()
+    before = await client.snapshot(event_id)
+    await lose_inventory_but_not_outbox(redis, event_id)  # the actor lives on
+    await catalog.put_on_sale(db, client, event_id)
+    after = await client.snapshot(event_id)
+    assert {s: v for s, v in after.seats.items() if v == "sold"} == before.seats
+    assert after.section("GA").sold == before.section("GA").sold
+    with pytest.raises(SeatsUnavailable):
+        await client.hold_seats(event_id, "thief", [next(iter(before.seats))], ttl_s=600)
