@@ -61,12 +61,12 @@ def embedded_stack(
             settings.database_url = postgres.start()
             log.info("embedded Postgres on %s", settings.database_url)
         if with_payments and not settings.stripe_secret_key:
-            from sales.testmode import EmbeddedStripe, test_key, webhook_secret
+            from sales.testmode import EmbeddedStripe, sandbox_key, webhook_secret
 
             localstripe = EmbeddedStripe(data_dir / "localstripe")
             started.append(localstripe)
             settings.stripe_api_base = localstripe.start()
-            settings.stripe_secret_key = test_key()
+            settings.stripe_secret_key = sandbox_key()
             settings.stripe_webhook_secret = webhook_secret(data_dir)
             webhook_url = f"http://{settings.host}:{settings.port}/webhooks/stripe"
             localstripe.register_webhook(webhook_url, settings.stripe_webhook_secret)
