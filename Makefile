@@ -7,7 +7,7 @@ CONSTRAINTS ?=
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test test-lua-system lint bench openapi install clean
+.PHONY: up test test-fast test-tools test-lua-system lint bench openapi install clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +24,30 @@ up: $(STAMP)
 
 ## The whole suite on embedded Valkey/Postgres and a local Ray; then the
 ## Redis/Lua contract suite again against the system Redis when one answers.
-test: $(STAMP)
-	$(BIN)/pytest -q
+test: $(STAMP) test-tools
+	$(BIN)/pytest -q --durations=15
 	$(MAKE) --no-print-directory test-lua-system
+
+## The fast lane while you work: engine, Lua, service and in-process API tests
+## (no subprocess servers, clusters, browser or load run); under 3 minutes.
+FAST := not slow and not cluster and not browser and not load
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "$(FAST)" --durations=10
+
+## What some tests drive that pip cannot install: Debian's Chromium (the seat-map
+## page), docker-compose (the Compose file's schema) and wrk (the HTTP bench).
+## As root (CI) they are installed; otherwise `make test` says what is missing,
+## and those tests skip (or fail, under CI=true).
+TEST_TOOLS := chromium docker-compose wrk
+test-tools:
+	@missing=""; for tool in $(TEST_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing what the tests drive:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing >/dev/null; \
+	else \
+		echo "not installed:$$missing (sudo apt-get install$$missing); the tests that need them will skip"; \
+	fi
 
 test-lua-system: $(STAMP)
 	@if $(BIN)/python -c "import redis,sys; redis.Redis.from_url('$${ONSALE_TEST_REDIS_URL:-redis://127.0.0.1:6379/0}', socket_connect_timeout=1).ping()" 2>/dev/null; then \

@@ -88,7 +88,7 @@ def webhook_secret(data_dir: Path) -> str:
     return "whsec_" + load_or_create_secret(data_dir, "stripe-webhook-secret")
 
 
-def test_key() -> str:
+def sandbox_key() -> str:
     """A test-mode key localstripe accepts (any sk_… does)."""
     return "sk_test_onsale_" + secrets.token_hex(8)
 

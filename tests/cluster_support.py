@@ -17,7 +17,7 @@ from pathlib import Path
 
 import redis as redis_sync
 
-from persistence.embedded import _die_with_parent, free_port
+from persistence.embedded import die_with_parent, free_port
 
 SLOTS = 16384
 
@@ -73,7 +73,7 @@ class LocalCluster:
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
-                    preexec_fn=_die_with_parent,  # nothing left behind by a killed run
+                    preexec_fn=die_with_parent,  # nothing left behind by a killed run
                 )
             )
             self.ports.append(port)

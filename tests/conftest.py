@@ -5,17 +5,11 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 import redis as redis_sync
 from redis.asyncio import Redis
@@ -28,7 +22,10 @@ from engine.scripts import InventoryScripts
 from persistence import migrate
 from persistence.db import create_engine
 from persistence.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
-from sales.testmode import EmbeddedStripe, test_key
+from sales.testmode import EmbeddedStripe, sandbox_key
+from tests.api_support import RunningApi, Served, running_api
+
+pytest_plugins = ["tests.api_http"]
 
 
 @pytest.fixture(scope="session")
@@ -99,18 +96,16 @@ async def db(database_url: str) -> AsyncIterator[AsyncEngine]:
     await sql.dispose()
 
 
-@dataclass(frozen=True)
-class LiveApi:
-    """`onsale serve` in a subprocess, on the session's Redis, Postgres and Ray,
-    with localstripe as its Stripe (webhooks delivered to it over HTTP)."""
+@dataclass
+class LiveApi(RunningApi):
+    """`onsale serve --workers 2` and `onsale writer` in subprocesses, on the
+    session's Redis (a database of its own), Postgres and Ray, with
+    localstripe as its Stripe (webhooks delivered to it over HTTP)."""
 
-    base_url: str
-    jwt_secret: str
-    data_dir: Path
-    stripe_api_base: str
-    stripe_key: str
-    webhook_secret: str
-    redis_url: str  # the server's own Redis database
+    stripe_api_base: str = ""
+    stripe_key: str = ""
+    webhook_secret: str = ""
+    redis_url: str = ""  # the server's own Redis database
 
 
 @pytest.fixture(scope="session")
@@ -124,72 +119,63 @@ def localstripe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedSt
 
 
 @pytest.fixture(scope="session")
-def live_api(
+async def live_api(
     redis_url: str,
     database_url: str,
     ray_local: str,
+    db: AsyncEngine,
     localstripe: EmbeddedStripe,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[LiveApi]:
-    migrate.upgrade(database_url)
+) -> AsyncIterator[LiveApi]:
     # A Redis database of its own: its writer must not meet the outboxes of the
     # engine tests' events, which have no rows in Postgres.
-    redis_url = str(urlsplit(redis_url)._replace(path="/1").geturl())
-    redis_sync.Redis.from_url(redis_url).flushdb()
-    data_dir = tmp_path_factory.mktemp("live-api")
-    port = free_port()
-    secret = secrets.token_urlsafe(32)
-    stripe_key, webhook_secret = test_key(), "whsec_" + secrets.token_hex(16)
+    own_redis = str(urlsplit(redis_url)._replace(path="/1").geturl())
+    redis_sync.Redis.from_url(own_redis).flushdb()
+    port = free_port()  # the webhook's address is known before the server starts
+    stripe_key, webhook_secret = sandbox_key(), "whsec_" + secrets.token_hex(16)
     localstripe.register_webhook(f"http://127.0.0.1:{port}/webhooks/stripe", webhook_secret)
-    env = {
-        **os.environ,
-        "ONSALE_REDIS_URL": redis_url,
-        "ONSALE_DATABASE_URL": database_url,
-        "RAY_ADDRESS": ray_local,
-        "ONSALE_PORT": str(port),
-        "ONSALE_DATA_DIR": str(data_dir),
-        "ONSALE_JWT_SECRET": secret,
-        "ONSALE_RATE_LIMITS": "off",
-        "ONSALE_LOG_LEVEL": "WARNING",
-        "STRIPE_SECRET_KEY": stripe_key,
-        "STRIPE_WEBHOOK_SECRET": webhook_secret,
-        "ONSALE_STRIPE_API_BASE": localstripe.url,
-        "ONSALE_PAYMENT_WINDOW_S": "20",  # short, so a test can see an unpaid hold lapse
-    }
-    log = (data_dir / "server.log").open("wb")
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("onsale")), "serve", "--workers", "2"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    served = Served(
+        workers=2,
+        writer=True,
+        port=port,
+        env={
+            "RAY_ADDRESS": ray_local,
+            "STRIPE_SECRET_KEY": stripe_key,
+            "STRIPE_WEBHOOK_SECRET": webhook_secret,
+            "ONSALE_STRIPE_API_BASE": localstripe.url,
+        },
     )
-    writer = subprocess.Popen(  # confirmed sales reach Postgres, as under `onsale up`
-        [str(Path(sys.executable).with_name("onsale")), "writer"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, (data_dir / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "onsale serve did not become ready"
-            try:
-                if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+    async with running_api(
+        "serve",
+        redis_url=own_redis,
+        database_url=database_url,
+        data_dir=tmp_path_factory.mktemp("live-api"),
+        served=served,
+        payment_window_s=20,  # short, so a test can see an unpaid hold lapse
+    ) as api:
         yield LiveApi(
-            base_url, secret, data_dir, localstripe.url, stripe_key, webhook_secret, redis_url
+            **vars(api),
+            stripe_api_base=localstripe.url,
+            stripe_key=stripe_key,
+            webhook_secret=webhook_secret,
+            redis_url=own_redis,
         )
-    finally:
-        for process in (writer, server):
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        log.close()
+
+
+@pytest.fixture(scope="session")
+async def inproc(
+    redis_url: str,
+    database_url: str,
+    ray_local: str,
+    db: AsyncEngine,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[RunningApi]:
+    """The app in this process (ASGI transport), rate limits off, shared by the
+    API tests that need no settings of their own; ``db`` migrates first."""
+    async with running_api(
+        "asgi",
+        redis_url=redis_url,
+        database_url=database_url,
+        data_dir=tmp_path_factory.mktemp("inproc-api"),
+    ) as api:
+        yield api

@@ -8,27 +8,22 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import jwt
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api.security import ISSUER, hash_password, issue_access_token
-from persistence import accounts
+from api.security import ISSUER, issue_access_token
+from persistence.models import User as UserRow
 from tests.api_http import (
-    EVENT,
     bearer,
-    client_for,
-    make_user,
     problem,
-    random_client,
     refresh,
-    role_in_db,
     users_with_email,
 )
 from tests.api_support import (
@@ -37,7 +32,6 @@ from tests.api_support import (
     User,
     login,
     register,
-    running_api,
     unique_email,
 )
 

@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 
 from api.app import create_app
 from api.settings import Settings
 from persistence.embedded import free_port
+from tests.api_support import running_api
 
 
-async def _get(app: object, path: str) -> httpx.Response:
-    async with app.router.lifespan_context(app):  # type: ignore[attr-defined]
-        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
-        async with httpx.AsyncClient(transport=transport, base_url="http://onsale") as http:
-            return await http.get(path)
+async def _get(redis_url: str, database_url: str, data_dir: Path, path: str) -> httpx.Response:
+    async with running_api(
+        "asgi", redis_url=redis_url, database_url=database_url, data_dir=data_dir
+    ) as api:
+        return await api.http.get(path)
 
 
 async def test_readyz_is_ready_when_redis_postgres_and_ray_answer(
-    redis_url: str, database_url: str, ray_local: str
+    redis_url: str, database_url: str, ray_local: str, tmp_path: Path
 ) -> None:
-    app = create_app(Settings(redis_url=redis_url, database_url=database_url))
-    response = await _get(app, "/readyz")
+    response = await _get(redis_url, database_url, tmp_path, "/readyz")
     assert response.status_code == 200
     assert response.json() == {
         "status": "ready",
@@ -29,11 +31,10 @@ async def test_readyz_is_ready_when_redis_postgres_and_ray_answer(
 
 
 async def test_readyz_names_the_unreachable_dependency_as_problem_json(
-    redis_url: str, ray_local: str
+    redis_url: str, ray_local: str, tmp_path: Path
 ) -> None:
     closed = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
-    app = create_app(Settings(redis_url=redis_url, database_url=closed))
-    response = await _get(app, "/readyz")
+    response = await _get(redis_url, closed, tmp_path, "/readyz")
     assert response.status_code == 503
     assert response.headers["content-type"] == "application/problem+json"
     assert response.headers["retry-after"] == "5"

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -24,8 +25,10 @@ from api.security import issue_access_token
 from engine.client import EngineClient
 from engine.model import SeatedSection
 from tests import naive_inventory
-from tests.api_support import PASSWORD, served, unique_email
+from tests.api_support import PASSWORD, served_in_process, unique_email
 from tests.conftest import LiveApi
+
+pytestmark = pytest.mark.slow
 
 RACERS = 500
 LAST_SEATS = [f"A-10-{n}" for n in range(1, 11)]
@@ -141,7 +144,7 @@ def _naive_app(redis: Redis) -> FastAPI:
 
 
 async def _serve(app: FastAPI, run: Callable[[str], Awaitable[Any]]) -> Any:
-    async with served(app) as base_url:
+    async with served_in_process(app) as base_url:
         return await run(base_url)
 
 

@@ -29,6 +29,8 @@ from persistence.db import create_engine
 from tests.api_support import GENERAL, PASSWORD, SEATED, unique_email
 from tests.conftest import LiveApi
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="session")
 def api_schema(live_api: LiveApi) -> schemathesis.BaseSchema:

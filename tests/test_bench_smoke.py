@@ -9,6 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow
+
 
 def onsale_bench(args: list[str], redis_url: str, database_url: str) -> str:
     env = {**os.environ, "ONSALE_REDIS_URL": redis_url, "ONSALE_DATABASE_URL": database_url}

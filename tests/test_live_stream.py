@@ -26,7 +26,7 @@ from api.routers import live as live_routes
 from api.settings import Settings
 from engine.client import EngineClient
 from persistence import migrate
-from tests.api_support import on_sale_event, served, user_with_role
+from tests.api_support import on_sale_event, served_in_process, user_with_role
 from tests.conftest import LiveApi
 from tests.live_support import (
     ChangeClock,
@@ -36,6 +36,8 @@ from tests.live_support import (
     percentile,
 )
 from tests.sales import wait_for
+
+pytestmark = pytest.mark.slow
 
 STALLS = {"kind": "seated", "code": "A", "name": "Stalls", "price_cents": 4500}
 FLOOR = {"kind": "general", "code": "FLOOR", "name": "Floor", "price_cents": 3000}
@@ -166,7 +168,7 @@ async def server(
     # uvicorn's own WebSocket protocol: every delta takes the ASGI path through
     # each viewer's queue (`onsale serve`'s direct writes are live_api's).
     async with (
-        served(app, ws_per_message_deflate=False, lifespan="on") as base_url,
+        served_in_process(app, {"ws": "auto"}) as base_url,
         httpx.AsyncClient(base_url=base_url, timeout=30) as http,
     ):
         yield InProcess(app, base_url, int(urlsplit(base_url).port or 0), http)

@@ -14,11 +14,14 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.seed import create_admin
 from tests.conftest import LiveApi
+
+pytestmark = pytest.mark.load
 
 ROOT = Path(__file__).resolve().parents[1]
 PGCHECK = ROOT / "locust" / "onsale_load" / "pgcheck.py"

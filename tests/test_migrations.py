@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit, urlunsplit
@@ -14,6 +15,15 @@ from alembic.migration import MigrationContext
 from persistence import migrate
 from persistence.db import create_engine
 from persistence.models import Base
+from sales.vocabulary import (
+    ApplicationStatus,
+    EventStatus,
+    OrderStatus,
+    PaymentStatus,
+    Role,
+    SectionKind,
+    TicketStatus,
+)
 
 TABLES = {
     "users",
@@ -107,5 +117,40 @@ async def test_a_seat_cannot_be_sold_twice_even_by_a_direct_write(empty_database
         await conn.execute("""INSERT INTO tickets (id, order_id, event_id, section_code,
                               seat_id, status)
                               VALUES (gen_random_uuid(), 'o2', 'ev', 'A', 'A-1-1', 'valid')""")
+    finally:
+        await conn.close()
+
+
+VOCABULARY = {
+    ("users", "role_known"): Role,
+    ("organizer_applications", "status_known"): ApplicationStatus,
+    ("events", "status_known"): EventStatus,
+    ("sections", "kind_known"): SectionKind,
+    ("orders", "status_known"): OrderStatus,
+    ("tickets", "status_known"): TicketStatus,
+    ("payments", "status_known"): PaymentStatus,
+}
+
+
+async def test_every_status_column_admits_exactly_the_words_of_its_vocabulary(
+    empty_database: str,
+) -> None:
+    """Alembic does not compare CHECK constraints: the migrated database's
+    own constraints are read back and held to sales.vocabulary."""
+    migrate.upgrade(empty_database)
+    conn = await asyncpg.connect(empty_database.replace("+asyncpg", ""))
+    try:
+        for (table, name), words in VOCABULARY.items():
+            definition = await conn.fetchval(
+                "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+                "WHERE conrelid = $1::regclass AND conname = $2",
+                table,
+                name,
+            )
+            assert definition, f"{table} has no constraint {name}"
+            assert set(re.findall(r"'([a-z_]+)'", definition)) == {str(w) for w in words}, (
+                table,
+                definition,
+            )
     finally:
         await conn.close()

@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.api_support import PASSWORD, unique_email
@@ -29,6 +30,8 @@ from tests.payment_support import (
     until_status,
 )
 from tests.sales import wait_for
+
+pytestmark = pytest.mark.slow
 
 
 async def order_status(

@@ -11,21 +11,22 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api.security import hash_password, issue_access_token
+from api.security import issue_access_token
 from persistence import accounts, migrate
 from persistence.embedded import free_port
-from tests.api_support import PASSWORD, unique_email
+from sales.vocabulary import Role
+from tests.api_support import Served, password_hash, running_api, unique_email
+
+pytestmark = pytest.mark.cluster
+ORGANIZER = Role.ORGANIZER
 
 BIN = Path(sys.executable).parent
 EVENTS = 8
@@ -88,35 +89,6 @@ def ray_cluster() -> Iterator[str]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def _serve(ray_address: str, redis_url: str, database_url: str, secret: str, log: Path) -> Any:
-    port = free_port()
-    env = clean_env(
-        RAY_ADDRESS=ray_address,
-        ONSALE_REDIS_URL=redis_url,
-        ONSALE_DATABASE_URL=database_url,
-        ONSALE_PORT=str(port),
-        ONSALE_JWT_SECRET=secret,
-        ONSALE_RATE_LIMITS="off",
-        ONSALE_DATA_DIR=str(log.parent),
-        ONSALE_LOG_LEVEL="WARNING",
-    )
-    server = subprocess.Popen(
-        [str(BIN / "onsale"), "serve"], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert server.poll() is None, log.read_text()[-3000:]
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return server, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    server.kill()
-    raise AssertionError("onsale serve did not become ready on the Ray cluster")
-
-
 async def test_events_put_on_sale_by_onsale_get_actors_on_both_nodes(
     ray_cluster: str, redis_url: str, database_url: str, db: AsyncEngine, tmp_path: Path
 ) -> None:
@@ -124,31 +96,38 @@ async def test_events_put_on_sale_by_onsale_get_actors_on_both_nodes(
     redis_url = str(urlsplit(redis_url)._replace(path="/2").geturl())  # a database of its own
     secret = uuid.uuid4().hex
     organizer = await accounts.create_user(
-        db, unique_email("organizer"), hash_password(PASSWORD), "O", "organizer"
+        db, unique_email("organizer"), password_hash(), "O", ORGANIZER
     )
-    auth = {"Authorization": f"Bearer {issue_access_token(secret, organizer.id, 'organizer', 600)}"}
-    server, base = _serve(ray_cluster, redis_url, database_url, secret, tmp_path / "serve.log")
-    try:
+    auth = {"Authorization": f"Bearer {issue_access_token(secret, organizer.id, ORGANIZER, 600)}"}
+    served = Served(workers=1, env=clean_env(RAY_ADDRESS=ray_cluster), inherit_env=False)
+    async with running_api(
+        "serve",
+        redis_url=redis_url,
+        database_url=database_url,
+        data_dir=tmp_path,
+        served=served,
+        jwt_secret=secret,
+    ) as api:
+        http = api.http
         events = []
-        async with httpx.AsyncClient(base_url=base, timeout=60) as http:
-            for i in range(EVENTS):
-                event = (await http.post("/events", headers=auth, json={
-                    "name": f"Spread {i}", "venue": "Hall", "starts_at": "2027-06-01T20:00:00Z",
-                    "currency": "EUR"})).json()  # fmt: skip
-                section = {"kind": "general", "code": "GA", "name": "Floor", "price_cents": 1000,
-                           "capacity": 100}  # fmt: skip
-                r = await http.post(f"/events/{event['id']}/sections", headers=auth, json=section)
-                assert r.status_code == 201, r.text
-                r = await http.post(f"/events/{event['id']}/publish", headers=auth)
-                assert r.status_code == 200, r.text  # its actor loaded the inventory
-                buyer = issue_access_token(secret, uuid.uuid4(), "customer", 600)
-                r = await http.post(
-                    f"/events/{event['id']}/holds",
-                    headers={"Authorization": f"Bearer {buyer}"},
-                    json={"section": "GA", "quantity": 2},
-                )
-                assert r.status_code == 201, r.text
-                events.append(event["id"])
+        for i in range(EVENTS):
+            event = (await http.post("/events", headers=auth, json={
+                "name": f"Spread {i}", "venue": "Hall", "starts_at": "2027-06-01T20:00:00Z",
+                "currency": "EUR"})).json()  # fmt: skip
+            section = {"kind": "general", "code": "GA", "name": "Floor", "price_cents": 1000,
+                       "capacity": 100}  # fmt: skip
+            r = await http.post(f"/events/{event['id']}/sections", headers=auth, json=section)
+            assert r.status_code == 201, r.text
+            r = await http.post(f"/events/{event['id']}/publish", headers=auth, timeout=60)
+            assert r.status_code == 200, r.text  # its actor loaded the inventory
+            r = await http.post(
+                f"/events/{event['id']}/holds",
+                headers=api.bearer(uuid.uuid4()),
+                json={"section": "GA", "quantity": 2},
+                timeout=60,
+            )
+            assert r.status_code == 201, r.text
+            events.append(event["id"])
         where = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-c", WHERE, ray_cluster, redis_url, ",".join(events)],
@@ -157,9 +136,6 @@ async def test_events_put_on_sale_by_onsale_get_actors_on_both_nodes(
         )  # fmt: skip
         assert where.returncode == 0, where.stderr[-3000:]
         found = json.loads(where.stdout.strip().splitlines()[-1])
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     assert len(found["nodes"]) == 2, found
     assert set(found["placed"]) == set(events)
     assert set(found["placed"].values()) == set(found["nodes"]), found  # both nodes host events

@@ -49,11 +49,13 @@ from engine.scripts import OUTBOX_REGISTRY, EventKeys, InventoryScripts
 from persistence.rebuild import PostgresRestore
 from persistence.writer import OutboxWriter, run_writer
 from tests import test_engine_concurrency, test_engine_payments, test_lua_contract
-from tests.api_support import on_sale_event, register, running_app, user_with_role
+from tests.api_support import on_sale_event, register, running_api, user_with_role
 from tests.cluster_support import LocalCluster
 from tests.conftest import SMALL_MAP
 from tests.sales import counts, published_event, sell, wait_for
 from tests.test_lua_contract import loaded, wait_past
+
+pytestmark = pytest.mark.cluster
 
 __all__ = ["loaded"]  # the contract suite's fixture, on this module's ``scripts``
 
@@ -407,13 +409,15 @@ async def test_api_on_the_cluster_holds_replays_limits_and_is_ready(
     ray_local: str,
     tmp_path: Path,
 ) -> None:
-    async with running_app(
-        cluster.url,
-        database_url,
-        tmp_path,
+    async with running_api(
+        "asgi",
+        redis_url=cluster.url,
+        database_url=database_url,
+        data_dir=tmp_path,
         redis_cluster=True,
         rate_limits="holds=3/minute,global=10000/minute",
-    ) as (_, http):
+    ) as api:
+        http = api.http
         ready = await http.get("/readyz")
         assert ready.status_code == 200, ready.text
         organizer = await user_with_role(db, http, "organizer")

@@ -11,10 +11,13 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.api_support import on_sale_event, user_with_role
 from tests.conftest import LiveApi
+
+pytestmark = pytest.mark.slow
 
 SECTIONS = [
     {"kind": "seated", "code": "A", "name": "Stalls", "price_cents": 5000, "rows": 3,

@@ -26,6 +26,8 @@ from tests.api_support import User, on_sale_event, register, user_with_role
 from tests.conftest import LiveApi
 from tests.payment_support import pay, until_status
 
+pytestmark = pytest.mark.slow
+
 SECTIONS = [
     {"kind": "seated", "code": "A", "name": "Stalls", "price_cents": 5000, "rows": 2,
      "seats_per_row": 10},

@@ -13,9 +13,12 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 import redis
 
 from persistence.embedded import EmbeddedPostgres, EmbeddedValkey, free_port, postgres_bin_dir
+
+pytestmark = pytest.mark.slow
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[bytes], deadline_s: float) -> httpx.Response:

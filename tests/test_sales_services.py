@@ -1,0 +1,269 @@
+"""The sale's services, called as the API calls them, on real parts: Redis
+and a Ray actor per event (the engine), Postgres (orders, the outbox writer),
+and localstripe (PaymentIntents, refunds, and the events Stripe would send).
+
+Each money path ends with API-independent agreement: what Stripe says, what
+the engine sold and what Postgres recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import redis as redis_sync
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from engine.client import EngineClient
+from engine.redis_client import redis_client
+from persistence import accounts
+from persistence import orders as order_store
+from persistence.events import EventDraft, EventRecord, SectionSpec, get_event
+from persistence.rebuild import PostgresRestore
+from persistence.writer import OutboxWriter
+from sales import catalog, checkin, holds, refunds, settlement, tickets
+from sales.access import Principal
+from sales.checkout import Checkout, checkout
+from sales.errors import SaleRefused
+from sales.orders import order_for
+from sales.payments import Payments
+from sales.testmode import EmbeddedStripe, pay_with_card, sandbox_key, stripe_client
+from sales.ticketing import TicketSigner
+from sales.vocabulary import HoldStatus, OrderStatus, Role, SectionKind, TicketStatus
+from tests.api_support import password_hash, unique_email
+from tests.sales import wait_for
+
+STALLS = SectionSpec("A", "Stalls", 5000, SectionKind.SEATED, rows=2, seats_per_row=5)
+
+
+class Events:
+    """The services' event lookup, straight from Postgres (the API caches it)."""
+
+    def __init__(self, db: AsyncEngine) -> None:
+        self.db = db
+
+    async def get(self, event_id: str) -> EventRecord | None:
+        return await get_event(self.db, event_id)
+
+
+class Sale:
+    """Everything a sale needs, on a Redis database of its own (so the writer
+    meets no outbox of the engine tests' events, which have no rows here)."""
+
+    def __init__(
+        self, db: AsyncEngine, engine: EngineClient, payments: Payments, stripe: Any, redis: Any
+    ) -> None:
+        self.db, self.engine, self.payments, self.stripe = db, engine, payments, stripe
+        self.events = Events(db)
+        self.writer = OutboxWriter(redis, db)
+        self.signer = TicketSigner.from_settings(None, Path(f"/tmp/onsale-signer-{uuid.uuid4()}"))
+
+    async def event(self, hold_ttl_s: int = 600) -> EventRecord:
+        draft = EventDraft("Service night", "Hall", datetime.now(UTC), "EUR", hold_ttl_s=hold_ttl_s)
+        created = await catalog.create_event(self.db, None, draft, [STALLS])
+        return await catalog.put_on_sale(self.db, self.engine, created.id)
+
+    async def checkout(
+        self, event: EventRecord, buyer: Principal, seats: list[str], window_s: int = 900
+    ) -> Checkout:
+        hold_id = holds.new_hold_id(event.id, buyer, None)
+        await holds.place(self.engine, event, buyer, hold_id, seats=seats)
+        return await checkout(
+            self.db,
+            self.engine,
+            self.events,
+            self.payments,
+            hold_id=hold_id,
+            user=buyer,
+            payment_window_s=window_s,
+        )
+
+    async def pay(self, intent_id: str) -> dict[str, Any]:
+        """Pays with a test card; returns the event localstripe recorded for it."""
+        status = await asyncio.to_thread(pay_with_card, self.stripe, intent_id)
+        assert status == "succeeded", status
+        listed = await asyncio.to_thread(
+            self.stripe.v1.events.list, params={"type": "payment_intent.succeeded"}
+        )
+        [event] = [e for e in listed.data if e.data.object["id"] == intent_id]
+        return dict(event.to_dict())
+
+    async def refunded_at_stripe(self, intent_id: str) -> bool:
+        """The payment's charge, as Stripe has it now, is refunded in full."""
+        intent = await asyncio.to_thread(self.stripe.v1.payment_intents.retrieve, intent_id)
+        charge = intent.latest_charge  # an id from Stripe; localstripe expands it
+        if isinstance(charge, str):
+            charge = await asyncio.to_thread(self.stripe.v1.charges.retrieve, charge)
+        return intent.status == "succeeded" and bool(charge and charge.refunded)
+
+    async def seats(self, event_id: str) -> dict[str, str]:
+        return (await self.engine.snapshot(event_id)).seats
+
+    async def recorded(self, order_id: str) -> order_store.OrderRecord:
+        await self.writer.drain()
+        order = await order_store.get_order(self.db, order_id)
+        assert order is not None
+        return order
+
+
+def customer() -> Principal:
+    return Principal(uuid.uuid4(), Role.CUSTOMER)
+
+
+@pytest.fixture(scope="module")
+def sale_redis_url(redis_url: str) -> Iterator[str]:
+    url = str(urlsplit(redis_url)._replace(path="/3").geturl())
+    redis_sync.Redis.from_url(url).flushdb()
+    yield url
+
+
+@pytest.fixture(scope="module")
+async def sale(
+    sale_redis_url: str,
+    database_url: str,
+    ray_local: str,
+    db: AsyncEngine,
+    localstripe: EmbeddedStripe,
+) -> AsyncIterator[Sale]:
+    key = sandbox_key()
+    engine = EngineClient(
+        sale_redis_url, sweep_interval_s=0.2, restore=PostgresRestore(database_url)
+    )
+    redis = redis_client(sale_redis_url)
+    try:
+        yield Sale(
+            db,
+            engine,
+            Payments(key, "whsec_unused", localstripe.url),
+            stripe_client(key, localstripe.url),
+            redis,
+        )
+    finally:
+        await engine.aclose()
+        await redis.aclose()
+
+
+async def test_a_paid_order_is_sold_once_recorded_ticketed_and_refunded(sale: Sale) -> None:
+    event = await sale.event()
+    buyer = customer()
+    done = await sale.checkout(event, buyer, ["A-1-1", "A-1-2"])
+    assert done.order.status is OrderStatus.PENDING_PAYMENT and done.order.amount_cents == 10_000
+    assert done.intent is not None
+    stripe_event = await sale.pay(done.intent.id)
+
+    assert await settlement.handle_stripe_event(sale.db, sale.engine, sale.payments, stripe_event)
+    # Redelivered: recognised, nothing sold twice.
+    assert not await settlement.handle_stripe_event(
+        sale.db, sale.engine, sale.payments, stripe_event
+    )
+    assert await sale.seats(event.id) == {"A-1-1": "sold", "A-1-2": "sold"}
+    paid = await sale.recorded(done.order.id)
+    assert paid.status is OrderStatus.PAID
+    assert sorted(t.seat_id or "" for t in paid.tickets) == ["A-1-1", "A-1-2"]
+
+    order, issued = await tickets.tickets_of_order(sale.db, sale.signer, paid.id, buyer)
+    for each in issued:
+        assert each.token is not None
+        assert sale.signer.verify(each.token, event.id).ticket_id == str(each.ticket.id)
+
+    refund = await refunds.refund_order(sale.db, sale.engine, sale.payments, order.id, buyer)
+    assert refund.provider_status == "succeeded"
+    assert await sale.seats(event.id) == {}  # back on sale at once
+    refunded = await sale.recorded(order.id)
+    assert refunded.status is OrderStatus.REFUNDED
+    assert {t.status for t in refunded.tickets} == {TicketStatus.REFUNDED}
+    assert await sale.refunded_at_stripe(done.intent.id)  # Stripe agrees: the money went back
+
+
+async def _lapsed(sale: Sale, event_id: str, hold_id: str) -> None:
+    async def expired() -> bool:
+        view = await sale.engine.hold(event_id, hold_id)
+        return view is not None and view.status is HoldStatus.EXPIRED
+
+    await wait_for(expired, 15, "the hold to lapse")
+
+
+async def test_a_payment_after_the_hold_lapsed_buys_the_same_seats_if_still_free(
+    sale: Sale,
+) -> None:
+    event = await sale.event(hold_ttl_s=1)
+    buyer = customer()
+    done = await sale.checkout(event, buyer, ["A-2-1"], window_s=1)
+    assert done.intent is not None
+    await _lapsed(sale, event.id, done.order.hold_id)
+    stripe_event = await sale.pay(done.intent.id)
+    await settlement.handle_stripe_event(sale.db, sale.engine, sale.payments, stripe_event)
+    assert await sale.seats(event.id) == {"A-2-1": "sold"}
+    assert (await sale.recorded(done.order.id)).status is OrderStatus.PAID
+
+
+async def test_a_payment_for_seats_resold_meanwhile_is_refunded_and_sells_nothing(
+    sale: Sale,
+) -> None:
+    event = await sale.event(hold_ttl_s=1)
+    late, quick = customer(), customer()
+    done = await sale.checkout(event, late, ["A-2-2"], window_s=1)
+    assert done.intent is not None
+    await _lapsed(sale, event.id, done.order.hold_id)
+    await holds.place(sale.engine, event, quick, holds.new_hold_id(event.id, quick, None),
+                      seats=["A-2-2"])  # fmt: skip
+    stripe_event = await sale.pay(done.intent.id)
+    await settlement.handle_stripe_event(sale.db, sale.engine, sale.payments, stripe_event)
+    assert await sale.seats(event.id) == {"A-2-2": "held"}  # still the quick buyer's
+    order = await sale.recorded(done.order.id)
+    assert (order.status, order.status_reason) == (OrderStatus.REFUNDED, "seats_resold")
+    assert order.tickets == ()
+    assert await sale.refunded_at_stripe(done.intent.id)
+
+
+async def test_check_in_admits_a_ticket_once_and_only_for_the_events_managers(
+    sale: Sale,
+) -> None:
+    event = await sale.event()
+    admin = await accounts.create_user(
+        sale.db, unique_email("door"), password_hash(), "D", Role.ADMIN
+    )
+    buyer, door = customer(), Principal(admin.id, admin.role)
+    done = await sale.checkout(event, buyer, ["A-1-5"])
+    assert done.intent is not None
+    stripe_event = await sale.pay(done.intent.id)
+    await settlement.handle_stripe_event(sale.db, sale.engine, sale.payments, stripe_event)
+    await sale.recorded(done.order.id)
+    _, [issued] = await tickets.tickets_of_order(sale.db, sale.signer, done.order.id, buyer)
+    assert issued.token is not None
+
+    with pytest.raises(SaleRefused) as refused:
+        await checkin.check_in(sale.db, sale.signer, event.id, issued.token, buyer)
+    assert refused.value.code == "forbidden"
+    admitted = await checkin.check_in(sale.db, sale.signer, event.id, issued.token, door)
+    assert (admitted.ticket_id, admitted.seat) == (issued.ticket.id, "A-1-5")
+    with pytest.raises(SaleRefused) as again:
+        await checkin.check_in(sale.db, sale.signer, event.id, issued.token, door)
+    assert again.value.code == "already_checked_in"
+    assert again.value.context["checked_in_at"].startswith(str(admitted.checked_in_at.year))
+    tally = await checkin.tally(sale.db, event.id, door)
+    assert (tally.sold, tally.checked_in) == (1, 1)
+
+
+async def test_someone_elses_order_hold_and_ticket_do_not_exist_for_a_customer(
+    sale: Sale,
+) -> None:
+    event = await sale.event()
+    buyer, stranger = customer(), customer()
+    done = await sale.checkout(event, buyer, ["A-1-3"])
+    for attempt in (
+        order_for(sale.db, done.order.id, stranger),
+        holds.own_hold(sale.events, sale.engine, done.order.hold_id, stranger),
+        holds.release(sale.events, sale.engine, done.order.hold_id, stranger),
+        refunds.refund_order(sale.db, sale.engine, sale.payments, done.order.id, stranger),
+    ):
+        with pytest.raises(SaleRefused) as refused:
+            await attempt
+        assert refused.value.code == "not_found"
+    assert await sale.seats(event.id) == {"A-1-3": "held"}  # nothing released
