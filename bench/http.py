@@ -186,7 +186,9 @@ async def prepare(database_url: str, redis_url: str) -> tuple[str, str]:
     try:
         draft = EventDraft("HTTP bench", "Bench", datetime.now(UTC), "EUR", hold_ttl_s=600)
         floor = SectionSpec("GA", "Floor", 3000, SectionKind.GENERAL, capacity=GA_CAPACITY)
-        await catalog.create_event(db, None, draft, [floor], event_id=event_id)
+        await catalog.create_event(
+            db, None, draft, [floor], event_id=event_id, max_places=GA_CAPACITY
+        )
         await catalog.put_on_sale(db, engine, event_id)
     finally:
         await engine.aclose()

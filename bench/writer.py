@@ -30,7 +30,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-
 # isort: split
 import ray
 from redis.asyncio import Redis
@@ -72,7 +71,7 @@ async def fill_outbox(db: AsyncEngine, scripts: InventoryScripts, orders: int, s
     draft = EventDraft(
         name="Writer bench", venue="Bench", starts_at=datetime.now(UTC), currency="EUR"
     )
-    await catalog.create_event(db, None, draft, SECTIONS, event_id=event_id)
+    await catalog.create_event(db, None, draft, SECTIONS, event_id=event_id, max_places=210_000)
     await catalog.put_on_sale(db, scripts, event_id)
     rng, next_seat = random.Random(seed), 0
     for start in range(0, orders, 500):

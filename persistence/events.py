@@ -178,7 +178,10 @@ async def update_event(db: AsyncEngine, event_id: str, changes: dict[str, Any]) 
     return event
 
 
-async def add_section(db: AsyncEngine, event_id: str, spec: SectionSpec) -> SectionRecord:
+async def add_section(
+    db: AsyncEngine, event_id: str, spec: SectionSpec, *, max_places: int = MAX_SEATS_PER_EVENT
+) -> SectionRecord:
+    """A section of a draft, if the event stays within ``max_places``."""
     capacity = spec.places
     try:
         async with db.begin() as conn:
@@ -196,10 +199,8 @@ async def add_section(db: AsyncEngine, event_id: str, spec: SectionSpec) -> Sect
                     )
                 )
             ).scalar_one()
-            if seats_so_far + capacity > MAX_SEATS_PER_EVENT:
-                raise EventConflict(
-                    "event_too_large", f"at most {MAX_SEATS_PER_EVENT:,} places per event"
-                )
+            if seats_so_far + capacity > max_places:
+                raise EventConflict("event_too_large", f"at most {max_places:,} places per event")
             row = (
                 await conn.execute(
                     insert(Section)

@@ -18,7 +18,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from engine.errors import EventNotFound
 from persistence import events as event_store
 from persistence.catalog import InventoryLoader, PublishError, publish_event
-from persistence.events import EventConflict, EventDraft, EventRecord, SectionRecord, SectionSpec
+from persistence.events import (
+    MAX_SEATS_PER_EVENT,
+    EventConflict,
+    EventDraft,
+    EventRecord,
+    SectionRecord,
+    SectionSpec,
+)
 from sales.access import Principal, managed_event
 from sales.errors import SaleRefused
 from sales.vocabulary import EventStatus
@@ -37,15 +44,18 @@ async def create_event(
     sections: Sequence[SectionSpec] = (),
     *,
     event_id: str | None = None,
+    max_places: int = MAX_SEATS_PER_EVENT,
 ) -> EventRecord:
     """A draft event with its sections. The organizer must exist
-    (``invalid_token`` otherwise: the caller's account is gone)."""
+    (``invalid_token`` otherwise: the caller's account is gone). ``max_places``
+    is the API's limit; only tools raise it (the HTTP benchmark's bottomless
+    general admission)."""
     try:
         event = await event_store.create_event(db, organizer_id, draft, event_id=event_id)
     except event_store.UnknownOrganizer as exc:
         raise SaleRefused("invalid_token", "the account no longer exists") from exc
     for spec in sections:
-        await add_section_to(db, event.id, spec)
+        await add_section_to(db, event.id, spec, max_places=max_places)
     if sections:
         found = await event_store.get_event(db, event.id)
         assert found is not None
@@ -53,9 +63,11 @@ async def create_event(
     return event
 
 
-async def add_section_to(db: AsyncEngine, event_id: str, spec: SectionSpec) -> SectionRecord:
+async def add_section_to(
+    db: AsyncEngine, event_id: str, spec: SectionSpec, *, max_places: int = MAX_SEATS_PER_EVENT
+) -> SectionRecord:
     try:
-        return await event_store.add_section(db, event_id, spec)
+        return await event_store.add_section(db, event_id, spec, max_places=max_places)
     except EventConflict as exc:
         raise SaleRefused(exc.code, exc.detail) from exc
 

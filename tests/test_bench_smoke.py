@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.tools import need_tool
+
 pytestmark = pytest.mark.slow
 
 
@@ -96,3 +98,27 @@ def test_bench_viewers_times_deltas_to_real_websocket_viewers(
     summary = json.loads(out.read_text())["summary"]
     assert summary["20@50ms"]["p50_ms"] >= 0 and summary["20@50ms"]["msg_per_s"] > 0
     assert "viewers on one API process" in stdout
+
+
+def test_bench_http_drives_the_api_with_wrk_and_holds_no_more_than_answered(
+    tmp_path: Path, redis_url: str, database_url: str
+) -> None:
+    """wrk, as the benchmark's figures are measured (Debian's, installed by
+    `make test`): its output is parsed into rates and latencies."""
+    need_tool("wrk")
+    out = tmp_path / "http.json"
+    stdout = onsale_bench(
+        ["http", "--tool", "wrk", "--connections", "20", "--duration", "2", "--repeat", "1",
+         "--workers", "1", "--json", str(out)],
+        redis_url,
+        database_url,
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    runs = {run["mode"]: run for run in report["runs"]}
+    assert {"healthz", "holds"} <= set(runs), runs
+    for run in runs.values():
+        assert run["requests"] > 0 and run["p50_ms"] > 0 and run["p99_ms"] >= run["p50_ms"]
+    check = report["check"]
+    assert check["held"] <= check["capacity"]
+    assert check["held"] >= check["holds_answered_201"] > 0  # every 201 is a real hold
+    assert "wrk" in stdout

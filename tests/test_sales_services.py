@@ -88,10 +88,14 @@ class Sale:
         """Pays with a test card; returns the event localstripe recorded for it."""
         status = await asyncio.to_thread(pay_with_card, self.stripe, intent_id)
         assert status == "succeeded", status
-        listed = await asyncio.to_thread(
-            self.stripe.v1.events.list, params={"type": "payment_intent.succeeded"}
-        )
-        [event] = [e for e in listed.data if e.data.object["id"] == intent_id]
+
+        def find() -> Any:
+            listed = self.stripe.v1.events.list(
+                params={"type": "payment_intent.succeeded", "limit": 100}
+            )
+            return [e for e in listed.auto_paging_iter() if e.data.object["id"] == intent_id]
+
+        [event] = await asyncio.to_thread(find)
         return dict(event.to_dict())
 
     async def refunded_at_stripe(self, intent_id: str) -> bool:
