@@ -131,3 +131,22 @@ def document_bearer_auth(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def openapi_document() -> str:
+    """docs/openapi.json: the app's schema, as `make openapi` commits it.
+
+    The app is built, never started (its URLs are never dialled). The FastAPI
+    and pydantic versions that wrote it are recorded under
+    ``info.x-generated-with``: other versions word the same contract a little
+    differently, and tests/test_api_contract.py compares accordingly.
+    """
+    import json
+    from importlib.metadata import version
+
+    unused = Settings(
+        redis_url="redis://127.0.0.1:1/0", database_url="postgresql://x@127.0.0.1:1/x"
+    )
+    schema = create_app(unused).openapi()
+    schema["info"]["x-generated-with"] = {lib: version(lib) for lib in ("fastapi", "pydantic")}
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"

@@ -8,8 +8,12 @@ Registered as a pytest plugin by tests/conftest.py.
 
 from __future__ import annotations
 
+import functools
 import random
 import uuid
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -29,6 +33,7 @@ from tests.api_support import (
     minted,
     on_sale_event,
     password_hash,
+    running_api,
     unique_email,
 )
 
@@ -46,6 +51,26 @@ EVENT = {
 @pytest.fixture
 def http(inproc: RunningApi) -> httpx.AsyncClient:
     return inproc.http
+
+
+@pytest.fixture
+def app(inproc: RunningApi) -> FastAPI:
+    assert inproc.app is not None
+    return inproc.app
+
+
+ApiWith = Callable[..., AbstractAsyncContextManager[RunningApi]]
+
+
+@pytest.fixture
+def api_with(
+    redis_url: str, database_url: str, ray_local: str, db: AsyncEngine, tmp_path: Path
+) -> ApiWith:
+    """The app in this process with settings of its own (rate limits, body
+    limits): ``async with api_with(max_body_bytes=1024) as api``."""
+    return functools.partial(
+        running_api, "asgi", redis_url=redis_url, database_url=database_url, data_dir=tmp_path
+    )
 
 
 @pytest.fixture

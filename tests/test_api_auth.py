@@ -28,21 +28,11 @@ from tests.api_http import (
 )
 from tests.api_support import (
     PASSWORD,
-    RunningApi,
     User,
     login,
     register,
     unique_email,
 )
-
-assert_problem = problem
-
-
-@pytest.fixture
-def app(inproc: RunningApi) -> FastAPI:
-    assert inproc.app is not None
-    return inproc.app
-
 
 # ---------------------------------------------------------------- register
 
@@ -92,12 +82,12 @@ async def test_register_with_a_taken_email_in_any_case_is_409_and_changes_nothin
             "/auth/register",
             json={"email": variant, "password": "another password!", "name": "Second"},
         )
-        assert_problem(r, 409, "email_taken")
+        problem(r, 409, "email_taken")
 
     assert await users_with_email(db, email) == 1
     # The first account is untouched: its password and name still stand.
     wrong = await http.post("/auth/login", json={"email": email, "password": "another password!"})
-    assert_problem(wrong, 401, "invalid_credentials")
+    problem(wrong, 401, "invalid_credentials")
     again = await login(http, email)
     assert again.id == user_id
     me = await http.get("/auth/me", headers=again.auth)
@@ -121,10 +111,10 @@ async def test_register_with_a_bad_body_is_422_naming_the_field_and_creates_noth
     body: dict[str, Any] = {"email": email, "password": PASSWORD, "name": "Bad", **change}
     body = {k: v for k, v in body.items() if v is not None}
     r = await http.post("/auth/register", json=body)
-    problem = assert_problem(r, 422, "validation_error")
-    assert isinstance(problem["errors"], list) and problem["errors"]
-    assert field in [e["field"] for e in problem["errors"]], problem["errors"]
-    assert all(e["message"] for e in problem["errors"])
+    refusal = problem(r, 422, "validation_error")
+    assert isinstance(refusal["errors"], list) and refusal["errors"]
+    assert field in [e["field"] for e in refusal["errors"]], refusal["errors"]
+    assert all(e["message"] for e in refusal["errors"])
     assert await users_with_email(db, email) == 0
 
 
@@ -137,7 +127,7 @@ async def test_register_with_invalid_json_is_400_invalid_json(
         content=f'{{"email": "{email}", "password": '.encode(),
         headers={"Content-Type": "application/json"},
     )
-    assert_problem(r, 400, "invalid_json")
+    problem(r, 400, "invalid_json")
     assert await users_with_email(db, email) == 0
 
 
@@ -182,8 +172,8 @@ async def test_wrong_password_and_unknown_email_are_the_same_401_invalid_credent
     unknown = await http.post(
         "/auth/login", json={"email": unique_email("nobody"), "password": PASSWORD}
     )
-    wrong_body = assert_problem(wrong, 401, "invalid_credentials")
-    unknown_body = assert_problem(unknown, 401, "invalid_credentials")
+    wrong_body = problem(wrong, 401, "invalid_credentials")
+    unknown_body = problem(unknown, 401, "invalid_credentials")
     assert wrong_body == unknown_body  # nothing tells which emails have accounts
     assert "access_token" not in wrong_body
 
@@ -248,7 +238,7 @@ async def test_me_rejects_a_missing_or_unusable_access_token_with_401_invalid_to
 ) -> None:
     user = await register(http, "tok")
     r = await http.get("/auth/me", headers=BAD_TOKENS[kind](app, user))
-    assert_problem(r, 401, "invalid_token")
+    problem(r, 401, "invalid_token")
     assert r.headers.get("www-authenticate", "").startswith("Bearer"), r.headers
     # The same user's real token still works: the rejection was about the token.
     assert (await http.get("/auth/me", headers=user.auth)).status_code == 200
@@ -260,7 +250,7 @@ async def test_an_admin_only_route_rejects_an_alg_none_admin_token(
     user = await register(http, "forge")
     forged = f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(_claims(user, 'admin'))}."
     r = await http.get("/admin/organizer-applications", headers=bearer(forged))
-    assert_problem(r, 401, "invalid_token")
+    problem(r, 401, "invalid_token")
 
 
 # ---------------------------------------------------------------- refresh rotation
@@ -279,11 +269,11 @@ async def test_refresh_returns_a_new_pair_and_the_old_refresh_token_stops_workin
     me = await http.get("/auth/me", headers=bearer(body["access_token"]))
     assert me.status_code == 200 and me.json()["id"] == user.id
 
-    assert_problem(await refresh(http, user.refresh), 401, "refresh_token_reused")
+    problem(await refresh(http, user.refresh), 401, "refresh_token_reused")
 
 
 async def test_unknown_refresh_token_is_401_invalid_token(http: httpx.AsyncClient) -> None:
-    assert_problem(await refresh(http, "no-such-refresh-token"), 401, "invalid_token")
+    problem(await refresh(http, "no-such-refresh-token"), 401, "invalid_token")
 
 
 async def test_reused_refresh_token_revokes_the_whole_family(http: httpx.AsyncClient) -> None:
@@ -298,10 +288,10 @@ async def test_reused_refresh_token_revokes_the_whole_family(http: httpx.AsyncCl
     newest = r3.json()["refresh_token"]
 
     # Someone presents a token that was already rotated (a stolen copy).
-    assert_problem(await refresh(http, user.refresh), 401, "refresh_token_reused")
+    problem(await refresh(http, user.refresh), 401, "refresh_token_reused")
     # The whole family is revoked: even its newest token no longer works.
-    assert_problem(await refresh(http, newest), 401, "invalid_token")
-    assert_problem(await refresh(http, token2), 401, "invalid_token")
+    problem(await refresh(http, newest), 401, "invalid_token")
+    problem(await refresh(http, token2), 401, "invalid_token")
 
     # Another session of the same user keeps working.
     r = await refresh(http, other_session.refresh)
@@ -318,7 +308,7 @@ async def test_logout_revokes_the_session_and_only_that_session(
     r = await http.post("/auth/logout", json={"refresh_token": user.refresh}, headers=user.auth)
     assert r.status_code == 204, r.text
     assert r.content == b""
-    assert_problem(await refresh(http, user.refresh), 401, "invalid_token")
+    problem(await refresh(http, user.refresh), 401, "invalid_token")
 
     kept = await refresh(http, other_session.refresh)
     assert kept.status_code == 200, kept.text
@@ -333,13 +323,13 @@ async def test_logout_with_an_older_token_of_the_session_revokes_its_newest_toke
     newest = r.json()["refresh_token"]
     out = await http.post("/auth/logout", json={"refresh_token": user.refresh}, headers=user.auth)
     assert out.status_code == 204, out.text
-    assert_problem(await refresh(http, newest), 401, "invalid_token")
+    problem(await refresh(http, newest), 401, "invalid_token")
 
 
 async def test_logout_needs_an_access_token(http: httpx.AsyncClient) -> None:
     user = await register(http, "logout3")
     r = await http.post("/auth/logout", json={"refresh_token": user.refresh})
-    assert_problem(r, 401, "invalid_token")
+    problem(r, 401, "invalid_token")
     assert r.headers.get("www-authenticate", "").startswith("Bearer")
     assert (await refresh(http, user.refresh)).status_code == 200
 

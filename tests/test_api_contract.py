@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from starlette.routing import Match
 
-from api.app import create_app
+from api.app import create_app, openapi_document
 from api.errors import PROBLEMS
 from api.settings import Settings
 
@@ -161,7 +161,37 @@ def test_the_websocket_stream_api_md_describes_is_served(api_md: str, app: Any) 
     assert _served(app, "websocket", "GET", "/ws/events/{event_id}")
 
 
-def test_committed_openapi_json_is_the_apps_schema(schema: dict[str, Any]) -> None:
-    current = json.dumps(schema, indent=2, sort_keys=True) + "\n"
-    committed = OPENAPI_JSON.read_text(encoding="utf-8") if OPENAPI_JSON.exists() else ""
-    assert committed == current, f"docs/openapi.json is not the app's schema: {REGENERATE}"
+FASTAPIS_OWN = frozenset({"HTTPValidationError", "ValidationError"})
+
+
+def _contract(schema: dict[str, Any]) -> dict[str, Any]:
+    """What a schema says, in words any FastAPI and pydantic use alike: each
+    operation's id, parameters and statuses, and each model's fields."""
+    operations = {
+        f"{method.upper()} {path}": (
+            op.get("operationId"),
+            sorted(p["name"] for p in op.get("parameters", [])),
+            sorted(op["responses"]),
+        )
+        for path, methods in schema["paths"].items()
+        for method, op in methods.items()
+    }
+    models = {
+        name: (sorted(model.get("properties", {})), sorted(model.get("required", [])),
+               model.get("enum"))
+        for name, model in schema["components"]["schemas"].items()
+        if name not in FASTAPIS_OWN  # FastAPI's default 422 body, which onsale never sends
+    }  # fmt: skip
+    return {"operations": operations, "models": models}
+
+
+def test_committed_openapi_json_is_the_apps_schema() -> None:
+    current = openapi_document()
+    committed = OPENAPI_JSON.read_text(encoding="utf-8") if OPENAPI_JSON.exists() else "{}"
+    written_with = json.loads(committed).get("info", {}).get("x-generated-with")
+    if written_with == json.loads(current)["info"]["x-generated-with"]:
+        assert committed == current, f"docs/openapi.json is not the app's schema: {REGENERATE}"
+    else:  # other library versions (the minimum-versions venv) word it otherwise
+        assert _contract(json.loads(committed)) == _contract(json.loads(current)), (
+            f"docs/openapi.json says another contract than the app: {REGENERATE}"
+        )

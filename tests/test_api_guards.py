@@ -6,16 +6,14 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
-import pytest
-from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.security import hash_password
 from persistence import accounts
 from tests.api_http import (
+    ApiWith,
     client_for,
     problem,
     random_client,
@@ -23,37 +21,20 @@ from tests.api_http import (
 )
 from tests.api_support import (
     PASSWORD,
-    RunningApi,
-    running_api,
     unique_email,
 )
-
-assert_problem = problem
-
-
-@pytest.fixture
-def app(inproc: RunningApi) -> FastAPI:
-    assert inproc.app is not None
-    return inproc.app
-
 
 # ---------------------------------------------------------------- rate limits
 
 
 async def test_the_fourth_login_for_one_email_from_one_client_is_rate_limited(
-    redis_url: str, database_url: str, ray_local: str, db: AsyncEngine, tmp_path: Path
+    api_with: ApiWith, db: AsyncEngine
 ) -> None:
     limits = "login=3/minute,holds=20/minute,global=1000/minute"
     email, other_email = unique_email("limited"), unique_email("notlimited")
     for each in (email, other_email):
         await accounts.create_user(db, each, hash_password(PASSWORD), "L", "customer")
-    async with running_api(
-        "asgi",
-        redis_url=redis_url,
-        database_url=database_url,
-        data_dir=tmp_path,
-        rate_limits=limits,
-    ) as api:
+    async with api_with(rate_limits=limits) as api:
         app = api.app
         assert app is not None
         address = random_client()
@@ -62,7 +43,7 @@ async def test_the_fourth_login_for_one_email_from_one_client_is_rate_limited(
                 ok = await http.post("/auth/login", json={"email": email, "password": PASSWORD})
                 assert ok.status_code == 200, ok.text
             r = await http.post("/auth/login", json={"email": email, "password": PASSWORD})
-            body = assert_problem(r, 429, "rate_limited")
+            body = problem(r, 429, "rate_limited")
             assert "access_token" not in body
             retry_after = int(r.headers["retry-after"])
             assert 1 <= retry_after <= 60
@@ -77,19 +58,13 @@ async def test_the_fourth_login_for_one_email_from_one_client_is_rate_limited(
             upper = await http.post(
                 "/auth/login", json={"email": email.upper(), "password": PASSWORD}
             )
-            assert_problem(upper, 429, "rate_limited")
+            problem(upper, 429, "rate_limited")
 
 
 async def test_the_global_limit_refuses_the_sixth_request_but_never_healthz(
-    redis_url: str, database_url: str, ray_local: str, tmp_path: Path
+    api_with: ApiWith,
 ) -> None:
-    async with running_api(
-        "asgi",
-        redis_url=redis_url,
-        database_url=database_url,
-        data_dir=tmp_path,
-        rate_limits="global=5/minute",
-    ) as api:
+    async with api_with(rate_limits="global=5/minute") as api:
         app = api.app
         assert app is not None
         address = random_client()
@@ -98,11 +73,11 @@ async def test_the_global_limit_refuses_the_sixth_request_but_never_healthz(
                 ok = await http.get("/events")
                 assert ok.status_code == 200, ok.text
             r = await http.get("/events")
-            body = assert_problem(r, 429, "rate_limited")
+            body = problem(r, 429, "rate_limited")
             assert int(r.headers["retry-after"]) >= 1
             assert body["retry_after_s"] >= 1
             # Other routes share the one per-address limit.
-            assert_problem(await http.get("/auth/me"), 429, "rate_limited")
+            problem(await http.get("/auth/me"), 429, "rate_limited")
             # Probes are never limited.
             for _ in range(10):
                 assert (await http.get("/healthz")).status_code == 200
@@ -118,20 +93,14 @@ async def test_the_global_limit_refuses_the_sixth_request_but_never_healthz(
 
 
 async def test_a_body_over_max_body_bytes_is_413_and_creates_nothing(
-    redis_url: str, database_url: str, ray_local: str, db: AsyncEngine, tmp_path: Path
+    api_with: ApiWith, db: AsyncEngine
 ) -> None:
-    async with running_api(
-        "asgi",
-        redis_url=redis_url,
-        database_url=database_url,
-        data_dir=tmp_path,
-        max_body_bytes=1024,
-    ) as api:
+    async with api_with(max_body_bytes=1024) as api:
         http = api.http
         email = unique_email("big")
         big = {"email": email, "password": PASSWORD, "name": "N" * 2000}
         r = await http.post("/auth/register", json=big)
-        assert_problem(r, 413, "body_too_large")
+        problem(r, 413, "body_too_large")
         assert await users_with_email(db, email) == 0
         assert r.headers.get("x-request-id")
 
@@ -143,16 +112,10 @@ async def test_a_body_over_max_body_bytes_is_413_and_creates_nothing(
 
 
 async def test_a_chunked_body_over_max_body_bytes_is_413(
-    redis_url: str, database_url: str, ray_local: str, db: AsyncEngine, tmp_path: Path
+    api_with: ApiWith, db: AsyncEngine
 ) -> None:
     """Without Content-Length the limit is counted as the body arrives."""
-    async with running_api(
-        "asgi",
-        redis_url=redis_url,
-        database_url=database_url,
-        data_dir=tmp_path,
-        max_body_bytes=1024,
-    ) as api:
+    async with api_with(max_body_bytes=1024) as api:
         http = api.http
         email = unique_email("chunked")
         payload = json.dumps({"email": email, "password": PASSWORD, "name": "N" * 2000}).encode()
@@ -165,7 +128,7 @@ async def test_a_chunked_body_over_max_body_bytes_is_413(
             "/auth/register", content=chunks(), headers={"Content-Type": "application/json"}
         )
         assert "content-length" not in r.request.headers
-        assert_problem(r, 413, "body_too_large")
+        problem(r, 413, "body_too_large")
         assert await users_with_email(db, email) == 0
 
 
@@ -177,7 +140,7 @@ async def test_x_request_id_is_echoed_and_generated_when_absent(http: httpx.Asyn
 
     # Echoed on error responses too.
     err = await http.get("/auth/me", headers={"X-Request-ID": sent + "-err"})
-    assert_problem(err, 401, "invalid_token")
+    problem(err, 401, "invalid_token")
     assert err.headers["x-request-id"] == sent + "-err"
 
     first = (await http.get("/healthz")).headers.get("x-request-id")

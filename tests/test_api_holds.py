@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sales.vocabulary import Role
 from tests.api_http import (
+    ApiWith,
     counts,
     draft,
     fresh_stats,
@@ -29,7 +30,6 @@ from tests.api_support import (
     User,
     minted,
     on_sale_event,
-    running_api,
 )
 
 # ---------------------------------------------------------------- holds
@@ -334,20 +334,8 @@ async def test_overlong_idempotency_key_is_a_validation_error(
 # ---------------------------------------------------------------- rate limit
 
 
-async def test_holds_are_rate_limited_per_user(
-    redis_url: str,
-    database_url: str,
-    ray_local: str,
-    db: AsyncEngine,
-    tmp_path: Any,
-) -> None:
-    async with running_api(
-        "asgi",
-        redis_url=redis_url,
-        database_url=database_url,
-        data_dir=tmp_path,
-        rate_limits="holds=3/minute,global=10000/minute",
-    ) as api:
+async def test_holds_are_rate_limited_per_user(api_with: ApiWith, db: AsyncEngine) -> None:
+    async with api_with(rate_limits="holds=3/minute,global=10000/minute") as api:
         client = api.http
         organizer = await minted(db, api, Role.ORGANIZER)
         ev = await on_sale_event(client, organizer)

@@ -15,7 +15,8 @@ from pythonjsonlogger.json import JsonFormatter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence import accounts
-from tests.api_support import PASSWORD, on_sale_event, register, running_api, user_with_role
+from tests.api_http import ApiWith
+from tests.api_support import PASSWORD, on_sale_event, register, user_with_role
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
@@ -28,11 +29,9 @@ def _metric(text: str, name: str, **labels: str) -> float:
 
 
 async def test_metrics_count_holds_by_result_and_show_batches_and_writer_lag(
-    redis_url: str, database_url: str, db: AsyncEngine, ray_local: str, tmp_path: Path
+    api_with: ApiWith, db: AsyncEngine
 ) -> None:
-    async with running_api(
-        "asgi", redis_url=redis_url, database_url=database_url, data_dir=tmp_path
-    ) as api:
+    async with api_with() as api:
         http = api.http
         before = (await http.get("/metrics")).text
         organizer = await user_with_role(db, http, "organizer")
@@ -65,16 +64,9 @@ async def test_metrics_count_holds_by_result_and_show_batches_and_writer_lag(
 
 
 async def test_every_request_logs_one_json_line_with_its_request_id(
-    redis_url: str,
-    database_url: str,
-    db: AsyncEngine,
-    ray_local: str,
-    tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
+    api_with: ApiWith, db: AsyncEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with running_api(
-        "asgi", redis_url=redis_url, database_url=database_url, data_dir=tmp_path
-    ) as api:
+    async with api_with() as api:
         http = api.http
         with caplog.at_level(logging.INFO, logger="onsale.access"):
             response = await http.get("/events/nope", headers={"X-Request-ID": "req-42"})

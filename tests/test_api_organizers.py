@@ -8,7 +8,6 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.api_http import (
@@ -20,19 +19,9 @@ from tests.api_http import (
     role_in_db,
 )
 from tests.api_support import (
-    RunningApi,
     User,
     register,
 )
-
-assert_problem = problem
-
-
-@pytest.fixture
-def app(inproc: RunningApi) -> FastAPI:
-    assert inproc.app is not None
-    return inproc.app
-
 
 # ---------------------------------------------------------------- organizer applications
 
@@ -69,7 +58,7 @@ async def test_a_second_pending_application_is_409_application_exists(
     user = await register(http, "apply2")
     first = await _apply(http, user)
     assert first.status_code == 201, first.text
-    assert_problem(await _apply(http, user, "Other Org"), 409, "application_exists")
+    problem(await _apply(http, user, "Other Org"), 409, "application_exists")
     admin = await make_user(db, http, "admin")
     r = await http.get("/admin/organizer-applications", headers=admin.auth)
     assert [a["id"] for a in r.json() if a["user_id"] == user.id] == [first.json()["id"]]
@@ -80,7 +69,7 @@ async def test_organizers_and_admins_cannot_apply(
     http: httpx.AsyncClient, db: AsyncEngine, role: str
 ) -> None:
     user = await make_user(db, http, role)
-    assert_problem(await _apply(http, user), 409, "not_a_customer")
+    problem(await _apply(http, user), 409, "not_a_customer")
     admin = await make_user(db, http, "admin")
     r = await http.get("/admin/organizer-applications", headers=admin.auth)
     assert all(a["user_id"] != user.id for a in r.json())
@@ -88,7 +77,7 @@ async def test_organizers_and_admins_cannot_apply(
 
 async def test_applying_needs_an_access_token(http: httpx.AsyncClient) -> None:
     r = await http.post("/organizer-applications", json={"organization": "Anon"})
-    assert_problem(r, 401, "invalid_token")
+    problem(r, 401, "invalid_token")
 
 
 @pytest.mark.parametrize("role", ["customer", "organizer"])
@@ -99,14 +88,12 @@ async def test_non_admins_cannot_list_or_decide_applications(
     application = (await _apply(http, applicant)).json()
     caller = await make_user(db, http, role)
 
-    assert_problem(
-        await http.get("/admin/organizer-applications", headers=caller.auth), 403, "forbidden"
-    )
+    problem(await http.get("/admin/organizer-applications", headers=caller.auth), 403, "forbidden")
     for action in ("approve", "reject"):
         r = await http.post(
             f"/admin/organizer-applications/{application['id']}/{action}", headers=caller.auth
         )
-        assert_problem(r, 403, "forbidden")
+        problem(r, 403, "forbidden")
 
     admin = await make_user(db, http, "admin")
     assert (await _listed(http, admin, application["id"]))["status"] == "pending"
@@ -129,7 +116,7 @@ async def test_approval_makes_the_applicant_an_organizer_from_their_next_token(
     assert all(a["status"] == "pending" for a in pending.json())
 
     # A customer may not create events.
-    assert_problem(await http.post("/events", json=EVENT, headers=applicant.auth), 403, "forbidden")
+    problem(await http.post("/events", json=EVENT, headers=applicant.auth), 403, "forbidden")
 
     r = await http.post(
         f"/admin/organizer-applications/{application['id']}/approve", headers=admin.auth
@@ -156,7 +143,7 @@ async def test_approval_makes_the_applicant_an_organizer_from_their_next_token(
         again = await http.post(
             f"/admin/organizer-applications/{application['id']}/{action}", headers=admin.auth
         )
-        assert_problem(again, 409, "application_decided")
+        problem(again, 409, "application_decided")
     assert (await _listed(http, admin, application["id"]))["status"] == "approved"
     assert await role_in_db(db, applicant.id) == "organizer"
 
@@ -180,7 +167,7 @@ async def test_rejection_keeps_the_applicant_a_customer_who_may_apply_again(
     again = await http.post(
         f"/admin/organizer-applications/{application['id']}/approve", headers=admin.auth
     )
-    assert_problem(again, 409, "application_decided")
+    problem(again, 409, "application_decided")
     assert await role_in_db(db, applicant.id) == "customer"
 
     # A rejected application is not pending: a new one may be made.
@@ -195,7 +182,7 @@ async def test_deciding_an_unknown_application_is_404_not_found(
         r = await http.post(
             f"/admin/organizer-applications/{uuid.uuid4()}/{action}", headers=admin.auth
         )
-        assert_problem(r, 404, "not_found")
+        problem(r, 404, "not_found")
 
 
 async def test_admin_sets_a_users_role(http: httpx.AsyncClient, db: AsyncEngine) -> None:
@@ -226,7 +213,7 @@ async def test_non_admins_cannot_set_roles(
     r = await http.patch(
         f"/admin/users/{caller.id}/role", json={"role": "admin"}, headers=caller.auth
     )
-    assert_problem(r, 403, "forbidden")
+    problem(r, 403, "forbidden")
     assert await role_in_db(db, caller.id) == role
 
 
@@ -238,8 +225,8 @@ async def test_setting_an_invalid_role_is_422_and_changes_nothing(
     r = await http.patch(
         f"/admin/users/{user.id}/role", json={"role": "superuser"}, headers=admin.auth
     )
-    problem = assert_problem(r, 422, "validation_error")
-    assert "role" in [e["field"] for e in problem["errors"]]
+    refusal = problem(r, 422, "validation_error")
+    assert "role" in [e["field"] for e in refusal["errors"]]
     assert await role_in_db(db, user.id) == "customer"
 
 
@@ -250,4 +237,4 @@ async def test_setting_the_role_of_an_unknown_user_is_404(
     r = await http.patch(
         f"/admin/users/{uuid.uuid4()}/role", json={"role": "organizer"}, headers=admin.auth
     )
-    assert_problem(r, 404, "not_found")
+    problem(r, 404, "not_found")
