@@ -29,6 +29,7 @@ pytestmark = pytest.mark.cluster
 ORGANIZER = Role.ORGANIZER
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent
 EVENTS = 8
 # A throwaway cluster on loopback: no token authentication (Ray 2.5x turns it
 # on by default), no usage reports.
@@ -139,3 +140,59 @@ async def test_events_put_on_sale_by_onsale_get_actors_on_both_nodes(
     assert len(found["nodes"]) == 2, found
     assert set(found["placed"]) == set(events)
     assert set(found["placed"].values()) == set(found["nodes"]), found  # both nodes host events
+
+
+@pytest.fixture
+def foreign_ray() -> Iterator[dict[str, str]]:
+    """Someone's `ray start --head` on this machine, on a port of its own: its
+    address file is where a Ray started without an address would look for
+    one to join. Yields the environment that sees it."""
+    tmp = tempfile.mkdtemp(prefix="rayf", dir="/tmp")  # short: raylet socket paths
+    port = free_port()
+    env = clean_env(RAY_TMPDIR=tmp)
+    try:
+        ray_start(["--head", f"--port={port}", "--include-dashboard=false", "--num-cpus=1",
+                   "--object-store-memory=100000000", "--disable-usage-stats"], env)  # fmt: skip
+        assert (Path(tmp) / "ray" / "ray_current_cluster").exists()
+        yield env
+    finally:
+        subprocess.run(["pkill", "-9", "-f", f"{tmp}|127.0.0.1:{port}"], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def test_onsale_and_the_engine_tests_start_a_ray_of_their_own_beside_a_foreign_one(
+    foreign_ray: dict[str, str], redis_url: str, database_url: str, db: AsyncEngine,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """With no RAY_ADDRESS, onsale never joins a Ray it finds on the machine
+    (joining one fails: `object_store_memory must not be provided`)."""
+    migrate.upgrade(database_url)
+    own_redis = str(urlsplit(redis_url)._replace(path="/4").geturl())
+    served = Served(workers=1, env=foreign_ray, inherit_env=False)
+    async with running_api(
+        "serve", redis_url=own_redis, database_url=database_url, data_dir=tmp_path, served=served
+    ) as api:
+        organizer = await accounts.create_user(
+            db, unique_email("organizer"), password_hash(), "O", ORGANIZER
+        )
+        auth = api.bearer(organizer.id, ORGANIZER)
+        event = (await api.http.post("/events", headers=auth, json={
+            "name": "Beside", "venue": "Hall", "starts_at": "2027-06-01T20:00:00Z",
+            "currency": "EUR"})).json()  # fmt: skip
+        section = {"kind": "general", "code": "GA", "name": "Floor", "price_cents": 100,
+                   "capacity": 10}  # fmt: skip
+        assert (await api.http.post(f"/events/{event['id']}/sections", headers=auth,
+                                    json=section)).status_code == 201  # fmt: skip
+        r = await api.http.post(f"/events/{event['id']}/publish", headers=auth, timeout=60)
+        assert r.status_code == 200, r.text
+        r = await api.http.post(f"/events/{event['id']}/holds", headers=api.bearer(uuid.uuid4()),
+                                json={"section": "GA", "quantity": 2}, timeout=60)  # fmt: skip
+        assert r.status_code == 201, r.text
+    engine_tests = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "tests/test_engine_concurrency.py::test_thousand_buyers_for_the_last_seat_exactly_one_wins"],
+        env=foreign_ray, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+    )  # fmt: skip
+    assert engine_tests.returncode == 0, engine_tests.stdout[-3000:] + engine_tests.stderr[-2000:]
