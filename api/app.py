@@ -56,8 +56,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.settings = settings
         state.jwt_secret = settings.jwt_secret or load_or_create_secret(settings.data_dir)
         state.tickets = TicketSigner.from_settings(settings.ticket_signing_key, settings.data_dir)
-        state.redis = redis_client(redis_url, cluster=settings.redis_cluster, pool_size=200)
-        state.db = create_engine(database_url)
+        state.redis = redis_client(
+            redis_url,
+            cluster=settings.redis_cluster,
+            pool_size=settings.redis_pool_size,
+            pool_timeout_s=settings.redis_pool_timeout_s,
+        )
+        state.db = create_engine(
+            database_url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_pool_overflow,
+            pool_timeout_s=settings.db_pool_timeout_s,
+        )
         state.engine = EngineClient(
             redis_url,
             redis_cluster=settings.redis_cluster,

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
+import redis.exceptions
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -73,12 +76,18 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "wrong_section_kind": (422, "Seated sections are held by seat, general ones by quantity"),
     "invalid_quantity": (422, "The quantity must be positive"),
     "engine_timeout": (503, "The on-sale engine is busy; try again"),
+    "overloaded": (503, "The server is busy; try again"),
+    "database_unavailable": (503, "The database is unavailable; try again"),
+    "redis_unavailable": (503, "The inventory store is unavailable; try again"),
     "engine_unavailable": (503, "The on-sale engine is unavailable; try again"),
     "internal_error": (500, "Something went wrong on our side"),
 }
 
 RETRY_AFTER_S = {
     "engine_timeout": 1,
+    "overloaded": 1,
+    "database_unavailable": 2,
+    "redis_unavailable": 2,
     "engine_unavailable": 2,
     "idempotency_in_progress": 1,
     "payments_unavailable": 5,
@@ -172,6 +181,40 @@ def install(app: FastAPI) -> None:
             error.status = exc.status_code if exc.status_code < 500 else 400
         return error.response()
 
+    async def dependency_error(_: Request, exc: Exception) -> JSONResponse:
+        return (unavailable(exc) or ApiError("internal_error")).response()
+
+    # Handled here, not by the catch-all below (which Starlette re-raises).
+    for dependency in DEPENDENCY_ERRORS:
+        app.add_exception_handler(dependency, dependency_error)
+
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        return ApiError("internal_error").response()
+        return (unavailable(exc) or ApiError("internal_error")).response()
+
+
+def unavailable(exc: BaseException) -> ApiError | None:
+    """A dependency that is full or away: 503 with Retry-After, never a 500,
+    so clients (and Stripe's webhooks) come back rather than give up."""
+    if isinstance(exc, sqlalchemy.exc.TimeoutError) or (
+        isinstance(exc, redis.exceptions.ConnectionError) and "No connection available" in str(exc)
+    ):
+        return ApiError("overloaded", "every connection is in use; try again")
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+        return ApiError("database_unavailable")
+    if isinstance(exc, (sqlalchemy.exc.InterfaceError, sqlalchemy.exc.OperationalError)):
+        return ApiError("database_unavailable")
+    if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+        return ApiError("redis_unavailable")
+    if isinstance(exc, ConnectionError | asyncpg.PostgresConnectionError | asyncpg.InterfaceError):
+        return ApiError("database_unavailable")  # connecting to Postgres failed outright
+    return None
+
+
+DEPENDENCY_ERRORS: tuple[type[Exception], ...] = (
+    sqlalchemy.exc.SQLAlchemyError,
+    redis.exceptions.RedisError,
+    ConnectionError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)

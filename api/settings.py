@@ -32,6 +32,15 @@ class Settings(BaseSettings):
     engine_timeout_s: float = 5.0
     sweep_interval_s: float = 0.5
 
+    # Connection pools of each API worker. A request that finds every
+    # connection busy waits this long, then answers 503 `overloaded` with
+    # Retry-After rather than queueing without end.
+    db_pool_size: int = Field(default=10, ge=1)
+    db_pool_overflow: int = Field(default=10, ge=0)
+    db_pool_timeout_s: float = Field(default=2.0, gt=0)
+    redis_pool_size: int = Field(default=200, ge=1)
+    redis_pool_timeout_s: float = Field(default=2.0, gt=0)
+
     # Outbox writer: entries per Postgres transaction; consumers per writer
     # process (one writes while another waits on Postgres); how long an entry may
     # sit unacknowledged with another consumer before this one takes it over.

@@ -19,18 +19,26 @@ AsyncRedis: TypeAlias = Redis | RedisCluster
 
 
 def redis_client(
-    url: str, *, cluster: bool = False, pool_size: int | None = None, **options: Any
+    url: str,
+    *,
+    cluster: bool = False,
+    pool_size: int | None = None,
+    pool_timeout_s: float = 5.0,
+    **options: Any,
 ) -> AsyncRedis:
     """A client for ``url``: with ``cluster``, a Redis Cluster that ``url``
     names one node of (the client discovers the rest and follows MOVED).
 
     ``pool_size`` (single Redis): at most that many connections, and a request
-    beyond them waits up to 5 s for one, where redis-py's default pool would
-    fail it at once (a 500 in a spike)."""
+    beyond them waits for one, where redis-py's default pool would
+    fail it at once (a 500 in a spike); after ``pool_timeout_s`` it raises
+    ConnectionError("No connection available."), which the API answers 503."""
     if cluster:
         return RedisCluster.from_url(url, **options)
     if pool_size is not None:
-        pool = BlockingConnectionPool.from_url(url, max_connections=pool_size, timeout=5, **options)
+        pool = BlockingConnectionPool.from_url(
+            url, max_connections=pool_size, timeout=pool_timeout_s, **options
+        )
         return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
     return Redis.from_url(url, **options)
 
