@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from api import errors
-from api.event_cache import EventCache
+from api.event_cache import EventCache, Rendered
 from api.live import LiveHub
 from api.observability import RequestMiddleware, configure_logging, observe_batch
 from api.ratelimit import RateLimiter
@@ -81,7 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.limiter = RateLimiter.from_settings(
             settings.rate_limits, redis_url, cluster=settings.redis_cluster
         )
-        state.event_cache = EventCache(state.db)
+        state.event_cache = EventCache(state.db, state.engine)
+        state.rendered = Rendered()
         state.live = LiveHub(
             state.redis, state.engine.snapshot, tick_s=settings.live_tick_ms / 1000
         )

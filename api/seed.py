@@ -14,7 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.security import hash_password
 from persistence import accounts
-from persistence.catalog import InventoryLoader
 from persistence.events import EventDraft, SectionSpec, event_status
 from sales import catalog
 from sales.vocabulary import EventStatus, Role, SectionKind
@@ -61,7 +60,7 @@ async def seed_admin(db: AsyncEngine, data_dir: Path) -> Credentials:
     return credentials
 
 
-async def seed_demo_event(db: AsyncEngine, engine: InventoryLoader) -> str:
+async def seed_demo_event(db: AsyncEngine, engine: catalog.Publisher) -> str:
     """A seated hall of 3,000 seats and a standing floor, on sale (once)."""
     status = await event_status(db, DEMO_EVENT_ID)
     admin = await accounts.user_by_email(db, ADMIN_EMAIL)

@@ -281,8 +281,17 @@ class EngineClient:
         previous = await self._await(event_id, self.actor(event_id).set_status.remote(status))
         return EventStatus(previous)
 
-    async def snapshot(self, event_id: str) -> Snapshot:
-        return await self._scripts.snapshot(event_id)
+    async def snapshot(self, event_id: str, *, seats: bool = True) -> Snapshot:
+        return await self._scripts.snapshot(event_id, seats=seats)
+
+    async def version(self, event_id: str) -> int | None:
+        return await self._scripts.version(event_id)
+
+    async def put_card(self, event_id: str, revision: int, card: str) -> None:
+        await self._scripts.put_card(event_id, revision, card)
+
+    async def card(self, event_id: str) -> tuple[int, bytes] | None:
+        return await self._scripts.card(event_id)
 
     async def hold(self, event_id: str, hold_id: str) -> HoldView | None:
         return await self._scripts.hold(event_id, hold_id)

@@ -77,6 +77,11 @@ class EventKeys:
     def channel(self) -> str:
         return f"{self.tag}:changes"
 
+    @property
+    def card(self) -> str:
+        """The event as the public reads show it (written by sales.catalog)."""
+        return f"{self.tag}:card"
+
     def mutation_keys(self) -> list[str]:
         """KEYS for every script built on lua/lib.lua, in lib.lua's order."""
         return [
@@ -233,11 +238,32 @@ class InventoryScripts:
             return None
         return HoldView.from_record(hold_id, json.loads(raw), seconds * 1000 + micros // 1000)
 
-    async def snapshot(self, event_id: str) -> Snapshot:
-        raw = json.loads(await self._snapshot(keys=EventKeys(event_id).inventory_keys()))
+    async def version(self, event_id: str) -> int | None:
+        """The inventory's version now (one HGET); None if Redis has no inventory."""
+        raw = await self.redis.hget(EventKeys(event_id).meta, "version")
+        return None if raw is None else int(raw)
+
+    async def put_card(self, event_id: str, revision: int, card: str) -> None:
+        """The event's public card, at ``revision`` (a later write has a higher one)."""
+        await self.redis.hset(EventKeys(event_id).card, mapping={"rev": revision, "json": card})
+
+    async def card(self, event_id: str) -> tuple[int, bytes] | None:
+        """(revision, card JSON), or None if the event has no card in Redis."""
+        rev, body = await self.redis.hmget(EventKeys(event_id).card, ["rev", "json"])
+        if rev is None or body is None:
+            return None
+        return int(rev), body.encode() if isinstance(body, str) else bytes(body)
+
+    async def snapshot(self, event_id: str, *, seats: bool = True) -> Snapshot:
+        """Counts per section and, with ``seats``, every taken seat, at one version."""
+        raw = json.loads(
+            await self._snapshot(
+                keys=EventKeys(event_id).inventory_keys(), args=[] if seats else ["counts"]
+            )
+        )
         if not raw["ok"]:
             raise error_from_code(raw["code"])
-        seats = raw["seats"] if isinstance(raw["seats"], dict) else {}
+        taken = raw["seats"] if isinstance(raw["seats"], dict) else {}
         return Snapshot(
             version=int(raw["version"]),
             status=EventStatus(raw["status"]),
@@ -246,5 +272,5 @@ class InventoryScripts:
                 SectionAvailability(**{**s, "kind": SectionKind(s["kind"])})
                 for s in raw["sections"]
             ),
-            seats=seats,
+            seats=taken,
         )

@@ -6,7 +6,7 @@
 -- KEYS[1] {ev:<id>}:meta
 -- KEYS[2] {ev:<id>}:seats
 -- KEYS[3] {ev:<id>}:sections
--- ARGV    none
+-- ARGV[1] optional "counts": the sections only, no seats (availability reads)
 --
 -- Returns JSON {"ok": true, "version", "status", "max_per_customer",
 --   "sections": [{"code", "kind", "capacity", "available", "held", "sold"}],
@@ -26,7 +26,7 @@ for code in string.gmatch(codes, '[^,]+') do
                           available = cap - held - sold, held = held, sold = sold})
 end
 local seats = {}
-local flat = redis.call('HGETALL', KEYS[2])
+local flat = ARGV[1] == 'counts' and {} or redis.call('HGETALL', KEYS[2])
 for i = 1, #flat, 2 do
   local prefix = string.sub(flat[i + 1], 1, 2)
   if prefix == 'h:' then

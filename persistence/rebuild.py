@@ -19,7 +19,9 @@ from engine.outbox import OrderConfirmed, OrderRefunded, parse_entry
 from engine.scripts import EventKeys, InventoryScripts
 from persistence.catalog import inventory_of
 from persistence.db import create_engine
+from persistence.events import get_event
 from persistence.models import Event, Order, Ticket
+from sales.catalog import write_card
 from sales.vocabulary import EventStatus, OrderStatus, TicketStatus
 
 
@@ -63,6 +65,7 @@ class PostgresRestore:
                         )
                     ).scalars()
                 )
+            record = await get_event(db, event_id)  # for the card
         finally:
             await db.dispose()
         sales = _sales_of([(t.order_id, t.seat_id, t.section_code, t.customer_id) for t in tickets])
@@ -73,13 +76,16 @@ class PostgresRestore:
         # Viewers' last version came from before the loss: start above any of
         # them, so the jump reads as a gap and they resync.
         sold["version"] = int(time.time() * 1000)
-        return await scripts.load_inventory(
+        loaded = await scripts.load_inventory(
             event_id,
             sections,
             status=EventStatus(event.status),
             max_per_customer=event.max_tickets_per_customer,
             sold=sold,
         )
+        if loaded and record is not None:  # and the card public reads show
+            await write_card(scripts, record)
+        return loaded
 
 
 @dataclass

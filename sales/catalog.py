@@ -9,8 +9,12 @@ Postgres, then in the engine.
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -28,13 +32,59 @@ from persistence.events import (
 )
 from sales.access import Principal, managed_event
 from sales.errors import SaleRefused
-from sales.vocabulary import EventStatus
+from sales.vocabulary import EventStatus, SectionKind
 
 
-class StatusSetter(InventoryLoader, Protocol):
+class CardStore(Protocol):
+    """Where the public reads find an event (the engine client, or its scripts)."""
+
+    async def put_card(self, event_id: str, revision: int, card: str) -> None: ...
+
+
+class Publisher(InventoryLoader, CardStore, Protocol):
+    pass
+
+
+class StatusSetter(Publisher, Protocol):
     """The engine client as ending a sale needs it."""
 
     async def set_status(self, event_id: str, status: EventStatus) -> EventStatus: ...
+
+
+# ---------------------------------------------------------------- cards
+# An event's card: the event as every public read shows it, kept in Redis
+# beside its inventory ({ev:<id>}:card) from the moment it is published, and
+# written again whenever it changes, so that no public read queries Postgres.
+# Drafts have none (only their organizer sees them, from Postgres).
+
+
+def card_of(event: EventRecord) -> str:
+    fields = asdict(event)
+    fields["organizer_id"] = str(event.organizer_id) if event.organizer_id else None
+    for name in ("starts_at", "created_at", "published_at"):
+        value = getattr(event, name)
+        fields[name] = value.isoformat() if value else None
+    return json.dumps(fields, separators=(",", ":"))
+
+
+def event_from_card(raw: bytes | str) -> EventRecord:
+    fields = json.loads(raw)
+    sections = tuple(
+        SectionRecord(**{**s, "kind": SectionKind(s["kind"])}) for s in fields.pop("sections")
+    )
+    for name in ("starts_at", "created_at", "published_at"):
+        fields[name] = datetime.fromisoformat(fields[name]) if fields[name] else None
+    organizer = fields.pop("organizer_id")
+    fields["status"] = EventStatus(fields["status"])
+    return EventRecord(
+        **fields, organizer_id=uuid.UUID(organizer) if organizer else None, sections=sections
+    )
+
+
+async def write_card(cards: CardStore, event: EventRecord) -> None:
+    """Publishes the event's card; a newer write has a higher revision."""
+    if event.status is not EventStatus.DRAFT:
+        await cards.put_card(event.id, time.time_ns() // 1000, card_of(event))
 
 
 async def create_event(
@@ -81,25 +131,27 @@ async def add_section(
 
 
 async def update_event(
-    db: AsyncEngine, event_id: str, changes: dict[str, Any], user: Principal
+    db: AsyncEngine, cards: CardStore, event_id: str, changes: dict[str, Any], user: Principal
 ) -> EventRecord:
     """Drafts take every field; an event on sale only its descriptive ones."""
     await managed_event(db, event_id, user)
     try:
-        return await event_store.update_event(db, event_id, changes)
+        event = await event_store.update_event(db, event_id, changes)
     except EventConflict as exc:
         raise SaleRefused(exc.code, exc.detail) from exc
+    await write_card(cards, event)
+    return event
 
 
 async def publish(
-    db: AsyncEngine, engine: InventoryLoader, event_id: str, user: Principal
+    db: AsyncEngine, engine: Publisher, event_id: str, user: Principal
 ) -> EventRecord:
-    """Puts the event on sale: Postgres first, then its inventory into Redis."""
+    """Puts the event on sale: Postgres first, then its inventory and card into Redis."""
     await managed_event(db, event_id, user)
     return await put_on_sale(db, engine, event_id)
 
 
-async def put_on_sale(db: AsyncEngine, engine: InventoryLoader, event_id: str) -> EventRecord:
+async def put_on_sale(db: AsyncEngine, engine: Publisher, event_id: str) -> EventRecord:
     """Publishes (or, for an event already on sale, loads the engine again if
     Redis lost it); for tools and the demo seed, which act as the organizer."""
     try:
@@ -108,6 +160,7 @@ async def put_on_sale(db: AsyncEngine, engine: InventoryLoader, event_id: str) -
         raise SaleRefused(exc.code, str(exc)) from exc
     event = await event_store.get_event(db, event_id)
     assert event is not None
+    await write_card(engine, event)
     return event
 
 
@@ -126,4 +179,5 @@ async def end_sale(
             await engine.set_status(event_id, status)
         except EventNotFound:
             pass  # nothing loaded (Redis lost it): a rebuild reads the new status
+    await write_card(engine, event)
     return event

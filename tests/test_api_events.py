@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy.event
 
 from tests.api_http import (
     EVENT,
@@ -27,6 +28,7 @@ from tests.api_http import (
 from tests.api_support import (
     GENERAL,
     SEATED,
+    RunningApi,
     User,
     on_sale_event,
 )
@@ -412,3 +414,58 @@ async def test_draft_has_no_availability(http: httpx.AsyncClient, organizer: Use
     problem(r, 409, "event_not_on_sale")
     r = await http.get(f"/events/{created['id']}/seats", headers=organizer.auth)
     problem(r, 409, "event_not_on_sale")
+
+
+# ---------------------------------------------------------------- reads from the hot store
+
+
+async def test_public_reads_of_an_event_on_sale_make_no_postgres_query(
+    inproc: RunningApi, http: httpx.AsyncClient, event: dict[str, Any], buyer: User
+) -> None:
+    assert inproc.app is not None
+    queries: list[str] = []
+
+    def count(*args: Any) -> None:
+        queries.append(str(args[2]))
+
+    engine = inproc.app.state.db.sync_engine
+    sqlalchemy.event.listen(engine, "before_cursor_execute", count)
+    try:
+        for _ in range(3):
+            for path in ("", "/availability", "/seats"):
+                r = await http.get(f"/events/{event['id']}{path}")
+                assert r.status_code == 200, r.text
+            await held(http, buyer, event["id"], section="FLOOR", quantity=1)
+    finally:
+        sqlalchemy.event.remove(engine, "before_cursor_execute", count)
+    assert queries == []
+
+
+async def test_public_reads_carry_etags_and_answer_304_until_they_change(
+    http: httpx.AsyncClient, event: dict[str, Any], buyer: User, organizer: User
+) -> None:
+    for path in ("", "/availability", "/seats"):
+        first = await http.get(f"/events/{event['id']}{path}")
+        tag = first.headers["etag"]
+        assert first.headers["cache-control"] == "public, max-age=1"
+        again = await http.get(f"/events/{event['id']}{path}", headers={"If-None-Match": tag})
+        assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == tag
+    before = (await http.get(f"/events/{event['id']}/availability")).headers["etag"]
+    await held(http, buyer, event["id"], seats=["A-1-1"])
+    after = await http.get(f"/events/{event['id']}/availability", headers={"If-None-Match": before})
+    assert after.status_code == 200 and after.headers["etag"] != before
+    assert after.json()["sections"][0]["held"] == 1
+    card = (await http.get(f"/events/{event['id']}")).headers["etag"]
+    r = await http.patch(f"/events/{event['id']}", json={"name": "Renamed"}, headers=organizer.auth)
+    assert r.status_code == 200, r.text
+    renamed = await http.get(f"/events/{event['id']}", headers={"If-None-Match": card})
+    assert renamed.status_code == 200 and renamed.json()["name"] == "Renamed"
+
+
+async def test_a_draft_is_read_from_postgres_privately(
+    http: httpx.AsyncClient, organizer: User
+) -> None:
+    made = await draft(http, organizer)
+    r = await http.get(f"/events/{made['id']}", headers=organizer.auth)
+    assert r.status_code == 200 and r.headers["cache-control"] == "private, no-store"
+    assert "etag" not in r.headers

@@ -7,10 +7,11 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from api.deps import DbDep, EngineDep, OptionalUser, Organizer, RedisDep, SettingsDep
 from api.errors import ApiError
+from api.event_cache import Rendered
 from api.schemas import (
     AvailabilityOut,
     EventIn,
@@ -30,7 +31,8 @@ from engine.model import Snapshot, seat_ids
 from persistence import events as store
 from persistence.events import EventDraft, EventRecord, SectionSpec
 from sales import catalog
-from sales.access import visible_event
+from sales.access import Principal, may_see_event, visible_event
+from sales.catalog import event_from_card
 from sales.vocabulary import EventStatus, SeatStatus, SectionKind
 
 router = APIRouter(prefix="/events", tags=["events"])
@@ -70,10 +72,11 @@ async def create_event(body: EventIn, user: Organizer, db: DbDep) -> EventOut:
 
 @router.patch("/{event_id}", responses=problem_responses(401, 403, 404, 409, 422))
 async def update_event(
-    event_id: str, body: EventPatch, user: Organizer, request: Request, db: DbDep
+    event_id: str, body: EventPatch, user: Organizer, request: Request, db: DbDep, engine: EngineDep
 ) -> EventOut:
     """Drafts: any field. On sale: name, venue and description only."""
-    event = await catalog.update_event(db, event_id, body.model_dump(exclude_unset=True), user)
+    changes = body.model_dump(exclude_unset=True)
+    event = await catalog.update_event(db, engine, event_id, changes, user)
     await _changed(request, event_id)
     return event_out(event)
 
@@ -144,55 +147,137 @@ async def list_events(
     return JSONResponse(body, headers={"X-Cache": "miss"})
 
 
-@router.get("/{event_id}", responses=problem_responses(404))
-async def get_event(event_id: str, db: DbDep, user: OptionalUser) -> EventOut:
-    return event_out(await visible_event(db, event_id, user))
+PUBLIC = "public, max-age=1"  # a CDN may hold a public read for a second
+PRIVATE = "private, no-store"  # a draft, seen by its organizer only
+NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
+    304: {"description": "Not modified: the `If-None-Match` tag is current"}
+}
 
 
-async def _snapshot(engine: EngineClient, event: EventRecord) -> Snapshot:
+def _tagged(request: Request, body: bytes | None, tag: str, cache: str) -> Response:
+    """``body`` with its ETag, or 304 when the caller already has that tag."""
+    headers = {"ETag": tag, "Cache-Control": cache}
+    if tag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
+
+
+async def _readable(request: Request, event_id: str, user: Principal | None) -> EventRecord:
+    """The event if this caller may see it, from the process's cache of cards."""
+    event = await request.app.state.event_cache.get(event_id)
+    if event is None or not may_see_event(event, user):
+        raise ApiError("not_found", "no such event")
+    return event
+
+
+@router.get(
+    "/{event_id}",
+    response_model=EventOut,
+    responses={**NOT_MODIFIED, **problem_responses(401, 404)},
+)
+async def get_event(
+    event_id: str, request: Request, db: DbDep, engine: EngineDep, user: OptionalUser
+) -> Response:
+    """The event with its sections; from its card in Redis (ETag: its
+    revision), or, for a draft, from Postgres to its organizer."""
+    card = await engine.card(event_id)
+    if card is None:  # a draft (or no such event)
+        event = await visible_event(db, event_id, user)
+        return Response(
+            event_out(event).model_dump_json().encode(),
+            media_type="application/json",
+            headers={"Cache-Control": PRIVATE},
+        )
+    revision, raw = card
+    rendered: Rendered = request.app.state.rendered
+    body = rendered.get("event", event_id, revision)
+    if body is None:
+        body = rendered.put(
+            "event", event_id, revision, event_out(event_from_card(raw)).model_dump_json().encode()
+        )
+    return _tagged(request, body, f'"e{revision}"', PUBLIC)
+
+
+async def _inventory(
+    request: Request, engine: EngineClient, event: EventRecord, kind: str
+) -> tuple[int, bytes | None]:
+    """The inventory's version now and this process's rendering of ``kind``
+    at it, if it has one."""
     if event.status is EventStatus.DRAFT:
         raise ApiError("event_not_on_sale", "a draft has no availability yet")
+    version = await engine.version(event.id)
+    if version is None:
+        raise ApiError("engine_unavailable", "the event's inventory is being rebuilt")
+    return version, request.app.state.rendered.get(kind, event.id, version)
+
+
+async def _snapshot(engine: EngineClient, event: EventRecord, *, seats: bool) -> Snapshot:
     try:
-        return await engine.snapshot(event.id)
+        return await engine.snapshot(event.id, seats=seats)
     except EventNotFound as exc:
         raise ApiError("engine_unavailable", "the event's inventory is being rebuilt") from exc
 
 
-@router.get("/{event_id}/availability", responses=problem_responses(404, 409))
+@router.get(
+    "/{event_id}/availability",
+    response_model=AvailabilityOut,
+    responses={**NOT_MODIFIED, **problem_responses(401, 404, 409, 503)},
+)
 async def availability(
-    event_id: str, db: DbDep, engine: EngineDep, user: OptionalUser
-) -> AvailabilityOut:
-    """Counts per section now, with the inventory version they belong to."""
-    event = await visible_event(db, event_id, user)
-    snapshot = await _snapshot(engine, event)
-    return AvailabilityOut(
-        version=snapshot.version,
-        sections=[SectionAvailabilityOut(**s.__dict__) for s in snapshot.sections],
-    )
+    event_id: str, request: Request, engine: EngineDep, user: OptionalUser
+) -> Response:
+    """Counts per section now, with the inventory version they belong to
+    (ETag: the version). Rendered once per version in each process."""
+    event = await _readable(request, event_id, user)
+    version, body = await _inventory(request, engine, event, "availability")
+    if body is None:
+        snapshot = await _snapshot(engine, event, seats=False)
+        version = snapshot.version
+        out = AvailabilityOut(
+            version=version,
+            sections=[SectionAvailabilityOut(**s.__dict__) for s in snapshot.sections],
+        )
+        body = request.app.state.rendered.put(
+            "availability", event.id, version, out.model_dump_json().encode()
+        )
+    return _tagged(request, body, f'"v{version}"', PUBLIC)
 
 
-@router.get("/{event_id}/seats", responses=problem_responses(404, 409))
+@router.get(
+    "/{event_id}/seats",
+    response_model=SeatsOut,
+    responses={**NOT_MODIFIED, **problem_responses(401, 404, 409, 503)},
+)
 async def seats(
     event_id: str,
-    db: DbDep,
+    request: Request,
     engine: EngineDep,
     user: OptionalUser,
     section: Annotated[str | None, Query(max_length=32)] = None,
-) -> SeatsOut:
-    """Every seat of the event's seated sections (or of one) with its status."""
-    event = await visible_event(db, event_id, user)
+) -> Response:
+    """Every seat of the event's seated sections (or of one) with its status
+    (ETag: the inventory version). The map of a version is built once per
+    process."""
+    event = await _readable(request, event_id, user)
     chosen = [
         s for s in event.sections if s.kind is SectionKind.SEATED and section in (None, s.code)
     ]
     if section is not None and not chosen:
         raise ApiError("not_found", f"no seated section {section}")
-    snapshot = await _snapshot(engine, event)
-    taken = snapshot.seats
-    return SeatsOut(
-        version=snapshot.version,
-        seats=[
-            SeatOut(id=seat, status=SeatStatus(taken.get(seat, SeatStatus.AVAILABLE)))
-            for s in chosen
-            for seat in seat_ids(s.code, s.rows or 0, s.seats_per_row or 0)
-        ],
-    )
+    kind = f"seats:{section or ''}"
+    version, body = await _inventory(request, engine, event, kind)
+    if body is None:
+        snapshot = await _snapshot(engine, event, seats=True)
+        version, taken = snapshot.version, snapshot.seats
+        out = SeatsOut(
+            version=version,
+            seats=[
+                SeatOut(id=seat, status=SeatStatus(taken.get(seat, SeatStatus.AVAILABLE)))
+                for s in chosen
+                for seat in seat_ids(s.code, s.rows or 0, s.seats_per_row or 0)
+            ],
+        )
+        body = request.app.state.rendered.put(
+            kind, event.id, version, out.model_dump_json().encode()
+        )
+    return _tagged(request, body, f'"v{version}"', PUBLIC)
