@@ -24,6 +24,7 @@ from persistence.db import create_engine
 from persistence.rebuild import PostgresRestore
 from persistence.secrets import load_or_create_secret
 from sales.payments import Payments
+from sales.settlement import Settlement
 from sales.ticketing import TicketSigner
 
 DESCRIPTION = """
@@ -91,10 +92,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.stripe_secret_key,
                 settings.stripe_webhook_secret or "",
                 settings.stripe_api_base,
+                max_concurrent=settings.payments_max_concurrent,
+                timeout_s=settings.payments_timeout_s,
             )
             if settings.stripe_secret_key
             else None
         )
+        if state.payments is not None:
+            state.settlement = Settlement(
+                state.db, state.engine, state.event_cache, state.redis, state.payments
+            )
         gc.collect()
         gc.freeze()  # start-up objects live for the process: spare the collector
         try:

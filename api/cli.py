@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, default=1)
     commands.add_parser("migrate", help="bring the database schema up to date")
     commands.add_parser("writer", help="write confirmed sales from the outbox to Postgres")
+    commands.add_parser(
+        "reconcile", help="settle with Stripe the orders whose payment webhook never came"
+    )
     admin = commands.add_parser("create-admin", help="create an admin (or make a user one)")
     admin.add_argument("--email", required=True)
     admin.add_argument("--password", required=True)
@@ -57,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         from api.app import openapi_document
 
         sys.stdout.write(openapi_document())
+        return 0
+    if args.command == "reconcile":
+        from api.supervisor import run_reconciler
+
+        run_reconciler(Settings())
         return 0
     if args.command == "writer":
         from api.supervisor import run_writer

@@ -54,6 +54,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "order_not_paid": (409, "Only a paid order can be refunded"),
     "payments_unavailable": (503, "The payment provider is unavailable; try again"),
     "invalid_signature": (400, "The webhook signature is missing, wrong or stale"),
+    "not_settled": (503, "The payment event could not be settled now; send it again"),
     "order_not_sold": (409, "The engine has no sale for this order"),
     # tickets and the door
     "invalid_ticket": (400, "Not a valid ticket for this event"),
@@ -91,6 +92,7 @@ RETRY_AFTER_S = {
     "engine_unavailable": 2,
     "idempotency_in_progress": 1,
     "payments_unavailable": 5,
+    "not_settled": 5,
 }
 
 

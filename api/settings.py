@@ -77,6 +77,17 @@ class Settings(BaseSettings):
     )
     stripe_api_base: str | None = None
     payment_window_s: int = Field(default=900, ge=10, le=3600)
+    # Calls to Stripe at once per process, and how long one may take, before
+    # checkout answers 503 payments_unavailable with Retry-After.
+    payments_max_concurrent: int = Field(default=32, ge=1)
+    payments_timeout_s: float = Field(default=10.0, gt=0)
+    # Orders still waiting for their money are checked with Stripe this often
+    # (`onsale reconcile`), in case a webhook never came.
+    reconcile_interval_s: float = Field(default=30.0, gt=0)
+    # How long after its payment window an unpaid order's PaymentIntent is
+    # left payable (a late payment still buys the seats if they are free),
+    # before reconciliation cancels it so that it can never be taken unsettled.
+    reconcile_grace_s: float = Field(default=3600.0, ge=0)
 
 
 @lru_cache

@@ -119,10 +119,59 @@ def run_writer(settings: Settings) -> None:
         asyncio.run(main())
 
 
+def run_reconciler(settings: Settings) -> None:
+    """`onsale reconcile` until SIGINT/SIGTERM: every order still waiting for
+    its money is checked with Stripe (sales.reconcile)."""
+    if not settings.stripe_secret_key:
+        log.info("no STRIPE_SECRET_KEY: there are no payments to reconcile")
+        return
+    from engine.client import EngineClient
+    from engine.redis_client import redis_client
+    from persistence.db import create_engine
+    from persistence.rebuild import PostgresRestore
+    from sales.catalog import Cards
+    from sales.payments import Payments
+    from sales.reconcile import Reconciler
+    from sales.settlement import Settlement
+
+    with embedded_stack(settings) as ready:
+        stop = asyncio.Event()
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            redis_url, database_url = ready.redis_url or "", ready.database_url or ""
+            engine = EngineClient(
+                redis_url,
+                redis_cluster=ready.redis_cluster,
+                restore=PostgresRestore(database_url),
+            )
+            redis = redis_client(redis_url, cluster=ready.redis_cluster)
+            db = create_engine(database_url, pool_size=2)
+            payments = Payments(
+                ready.stripe_secret_key or "",
+                ready.stripe_webhook_secret or "",
+                ready.stripe_api_base,
+                timeout_s=ready.payments_timeout_s,
+            )
+            settlement = Settlement(db, engine, Cards(engine, db), redis, payments)
+            try:
+                await Reconciler(settlement, grace_s=ready.reconcile_grace_s).run(
+                    ready.reconcile_interval_s, stop
+                )
+            finally:
+                await engine.aclose()
+                await redis.aclose()
+                await db.dispose()
+
+        asyncio.run(main())
+
+
 @contextlib.contextmanager
-def writer_process() -> Iterator[subprocess.Popen[bytes]]:
-    """A writer beside the API workers, on the servers the environment names."""
-    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "writer"])
+def child_process(command: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`onsale <command>` beside the API workers, on the servers the environment names."""
+    proc = subprocess.Popen([sys.executable, "-m", "api.cli", command])
     try:
         yield proc
     finally:
@@ -139,7 +188,8 @@ def serve(settings: Settings, workers: int = 1, *, with_writer: bool = False) ->
     (``with_writer``) also runs the writer and seeds an admin and a demo event."""
     with (
         embedded_stack(settings, with_payments=True) as ready,
-        writer_process() if with_writer else contextlib.nullcontext(),
+        child_process("writer") if with_writer else contextlib.nullcontext(),
+        child_process("reconcile") if with_writer else contextlib.nullcontext(),
     ):
         if with_writer:
             asyncio.run(_seed(ready))

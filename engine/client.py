@@ -25,6 +25,7 @@ from engine.errors import EngineError, EngineTimeout, EngineUnavailable
 from engine.model import (
     Command,
     ConfirmHold,
+    EndOrder,
     EventStatus,
     ExtendHold,
     HoldPlaced,
@@ -32,7 +33,12 @@ from engine.model import (
     HoldReleased,
     HoldSeats,
     HoldView,
+    NotePayment,
+    OrderFinished,
+    OrderRecorded,
     Outcome,
+    PaymentRecorded,
+    PlaceOrder,
     RefundSale,
     ReleaseHold,
     SaleConfirmed,
@@ -47,7 +53,16 @@ from engine.scripts import InventoryScripts
 
 log = logging.getLogger(__name__)
 
-_O = TypeVar("_O", HoldPlaced, HoldReleased, SaleConfirmed, SaleRefunded)
+_O = TypeVar(
+    "_O",
+    HoldPlaced,
+    HoldReleased,
+    SaleConfirmed,
+    SaleRefunded,
+    OrderRecorded,
+    OrderFinished,
+    PaymentRecorded,
+)
 Send = Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]  # one result each
 
 
@@ -244,6 +259,32 @@ class EngineClient:
         GA on the caller's word that the order was paid)."""
         command = RefundSale(order_id, hold_id, tuple(seats) if seats else None, section, quantity)
         return _expect(await self.submit(event_id, command), SaleRefunded)
+
+    async def place_order(self, event_id: str, order: PlaceOrder) -> OrderRecorded:
+        """Records the order of a live hold (once: a second is OrderExists) and
+        keeps the hold until the order's payment window closes."""
+        return _expect(await self.submit(event_id, order), OrderRecorded)
+
+    async def end_order(
+        self,
+        event_id: str,
+        hold_id: str,
+        order_id: str,
+        status: str,
+        reason: str,
+        *,
+        stripe_event: str = "",
+    ) -> OrderFinished:
+        """Ends an order that will never be paid for its seats (``cancelled``,
+        or ``refunded``); its hold is let go."""
+        command = EndOrder(hold_id, order_id, status, reason, stripe_event)
+        return _expect(await self.submit(event_id, command), OrderFinished)
+
+    async def note_payment(
+        self, event_id: str, hold_id: str, order_id: str, status: str
+    ) -> PaymentRecorded:
+        command = NotePayment(hold_id, order_id, status)
+        return _expect(await self.submit(event_id, command), PaymentRecorded)
 
     async def submit(self, event_id: str, command: Command) -> Outcome:
         """Queues ``command`` into the event's next batch; raises its EngineError."""

@@ -66,6 +66,11 @@ class AlreadyConfirmed(EngineError):
     title = "The hold was already confirmed as another order"
 
 
+class OrderExists(EngineError):
+    code = "order_exists"
+    title = "An order for this hold exists"
+
+
 class InvalidRequest(EngineError):
     code = "invalid_request"
     title = "The request is malformed"

@@ -246,7 +246,84 @@ class RefundSale:
         return wire
 
 
-Command = HoldSeats | HoldQuantity | ReleaseHold | ConfirmHold | ExtendHold | RefundSale
+@dataclass(frozen=True)
+class PlaceOrder:
+    """The order of a live hold (one per hold), kept in the hold's record and
+    appended to the outbox; the hold is kept until ``until_ms`` (the payment
+    window). ``items`` are the order's items as Postgres stores them."""
+
+    hold_id: str
+    customer_id: str
+    order_id: str
+    until_ms: int
+    amount_cents: int
+    currency: str
+    items: tuple[dict[str, Any], ...]
+    payment_intent: str = ""
+    provider: str = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "op": "order",
+            "hold_id": self.hold_id,
+            "customer_id": self.customer_id,
+            "order_id": self.order_id,
+            "until_ms": self.until_ms,
+            "amount_cents": self.amount_cents,
+            "currency": self.currency,
+            "items": list(self.items),
+            "payment_intent": self.payment_intent,
+            "provider": self.provider,
+        }
+
+
+@dataclass(frozen=True)
+class EndOrder:
+    """An order that will never be paid for its seats: ``cancelled`` (its
+    payment was), or ``refunded`` (the money went back: its seats were resold,
+    or its event cancelled). The hold is let go. Once per order."""
+
+    hold_id: str
+    order_id: str
+    status: str  # cancelled | refunded
+    reason: str
+    stripe_event: str = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "op": "end",
+            "hold_id": self.hold_id,
+            "order_id": self.order_id,
+            "status": self.status,
+            "reason": self.reason,
+            "stripe_event": self.stripe_event,
+        }
+
+
+@dataclass(frozen=True)
+class NotePayment:
+    """The status of an order's payment (e.g. ``failed``: another card may be tried)."""
+
+    hold_id: str
+    order_id: str
+    status: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": "payment", "hold_id": self.hold_id, "order_id": self.order_id,
+                "status": self.status}  # fmt: skip
+
+
+Command = (
+    HoldSeats
+    | HoldQuantity
+    | ReleaseHold
+    | ConfirmHold
+    | ExtendHold
+    | RefundSale
+    | PlaceOrder
+    | EndOrder
+    | NotePayment
+)
 
 
 # ---------------------------------------------------------------- outcomes
@@ -284,7 +361,34 @@ class SaleRefunded:
     replayed: bool
 
 
-Outcome = HoldPlaced | HoldReleased | SaleConfirmed | SaleRefunded
+@dataclass(frozen=True)
+class OrderRecorded:
+    order_id: str
+    hold_id: str
+    created_at_ms: int
+    expires_at_ms: int
+
+
+@dataclass(frozen=True)
+class OrderFinished:
+    order_id: str
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class PaymentRecorded:
+    order_id: str
+
+
+Outcome = (
+    HoldPlaced
+    | HoldReleased
+    | SaleConfirmed
+    | SaleRefunded
+    | OrderRecorded
+    | OrderFinished
+    | PaymentRecorded
+)
 
 
 def outcome_from_wire(command: Command, raw: dict[str, Any]) -> Outcome | EngineError:
@@ -294,6 +398,17 @@ def outcome_from_wire(command: Command, raw: dict[str, Any]) -> Outcome | Engine
         return error_from_code(str(raw.get("code")), **context)
     if isinstance(command, RefundSale):
         return SaleRefunded(order_id=raw["order_id"], replayed=bool(raw["replayed"]))
+    if isinstance(command, PlaceOrder):
+        return OrderRecorded(
+            order_id=raw["order_id"],
+            hold_id=raw["hold_id"],
+            created_at_ms=int(raw["created_at_ms"]),
+            expires_at_ms=int(raw["expires_at_ms"]),
+        )
+    if isinstance(command, EndOrder):
+        return OrderFinished(order_id=raw["order_id"], replayed=bool(raw["replayed"]))
+    if isinstance(command, NotePayment):
+        return PaymentRecorded(order_id=raw["order_id"])
     if isinstance(command, HoldSeats | HoldQuantity | ExtendHold):
         seats = raw.get("seats")
         return HoldPlaced(
@@ -318,6 +433,37 @@ def outcome_from_wire(command: Command, raw: dict[str, Any]) -> Outcome | Engine
 
 
 @dataclass(frozen=True)
+class PlacedOrder:
+    """The order placed on a hold, as the hold's record keeps it."""
+
+    order_id: str
+    amount_cents: int
+    currency: str
+    items: tuple[dict[str, Any], ...]
+    payment_intent: str
+    provider: str
+    created_at_ms: int
+    payment_status: str  # pending | failed | succeeded | canceled
+    ended: tuple[str, str, int] | None  # (cancelled | refunded, reason, at ms)
+
+    @classmethod
+    def from_record(cls, raw: dict[str, Any]) -> PlacedOrder:
+        fin = raw.get("fin")
+        items = raw.get("items")
+        return cls(
+            order_id=raw["id"],
+            amount_cents=int(raw["amt"]),
+            currency=raw.get("cur") or "",
+            items=tuple(items) if isinstance(items, list) else (),
+            payment_intent=raw.get("pi") or "",
+            provider=raw.get("prov") or "",
+            created_at_ms=int(raw["at"]),
+            payment_status=raw.get("pay") or "pending",
+            ended=(fin["st"], fin.get("why") or "", int(fin["at"])) if fin else None,
+        )
+
+
+@dataclass(frozen=True)
 class HoldView:
     """A hold as Redis has it now; ``status`` is ``expired`` once its time is
     up, whether or not a sweep has made that visible yet."""
@@ -329,7 +475,10 @@ class HoldView:
     seats: tuple[str, ...] | None
     section: str | None
     status: HoldStatus
-    order_id: str | None
+    order_id: str | None  # the order the hold was sold to
+    order: PlacedOrder | None = None  # the order placed on it (checkout), if any
+    sold_at_ms: int | None = None
+    refunded_at_ms: int | None = None
 
     @classmethod
     def from_record(cls, hold_id: str, rec: dict[str, Any], now_ms: int) -> HoldView:
@@ -346,6 +495,9 @@ class HoldView:
             section=rec.get("sec"),
             status=status,
             order_id=rec.get("o"),
+            order=PlacedOrder.from_record(rec["ord"]) if isinstance(rec.get("ord"), dict) else None,
+            sold_at_ms=int(rec["ca"]) if rec.get("ca") else None,
+            refunded_at_ms=int(rec["ra"]) if rec.get("ra") else None,
         )
 
 

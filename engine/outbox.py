@@ -14,6 +14,20 @@ the payment came after the hold lapsed.
 
 ``order_refunded``: ``event_id``, ``order_id``, ``hold_id``, ``seats`` (the
 seats freed), ``section``, ``quantity`` (places freed), ``refunded_at_ms``.
+
+``order_placed`` (checkout): ``event_id``, ``order_id``, ``hold_id``,
+``customer_id``, ``amount_cents``, ``currency``, ``items`` (JSON, as
+``orders.items`` stores them), ``payment_intent``, ``provider``,
+``created_at_ms``, ``expires_at_ms``.
+
+``order_ended``: ``event_id``, ``order_id``, ``hold_id``, ``customer_id``,
+``status`` (``cancelled`` | ``refunded``), ``reason``, ``ended_at_ms``,
+``stripe_event`` (the Stripe event that ended it, if one did).
+
+``payment_updated``: ``event_id``, ``order_id``, ``status``, ``updated_at_ms``.
+
+The writer applies each kind so that any order of arrival ends in the same
+rows (several writers may take entries of one stream in different batches).
 """
 
 from __future__ import annotations
@@ -53,6 +67,11 @@ class OrderConfirmed:
         currency = self.meta.get("currency")
         return None if currency is None else str(currency)
 
+    @property
+    def stripe_event(self) -> str:
+        """The Stripe event that paid for it, if one did (a reconciliation has none)."""
+        return str(self.meta.get("stripe_event") or "")
+
 
 @dataclass(frozen=True)
 class OrderRefunded:
@@ -67,7 +86,46 @@ class OrderRefunded:
     refunded_at_ms: int
 
 
-OutboxEntry = OrderConfirmed | OrderRefunded
+@dataclass(frozen=True)
+class OrderPlaced:
+    """Checkout: an order awaiting its payment, with the hold it buys."""
+
+    event_id: str
+    order_id: str
+    hold_id: str
+    customer_id: str
+    amount_cents: int
+    currency: str
+    items: list[dict[str, Any]]
+    payment_intent: str
+    provider: str
+    created_at_ms: int
+    expires_at_ms: int
+
+
+@dataclass(frozen=True)
+class OrderEnded:
+    """An order that will never be paid for its seats."""
+
+    event_id: str
+    order_id: str
+    hold_id: str
+    customer_id: str
+    status: str  # cancelled | refunded
+    reason: str
+    ended_at_ms: int
+    stripe_event: str
+
+
+@dataclass(frozen=True)
+class PaymentUpdated:
+    event_id: str
+    order_id: str
+    status: str
+    updated_at_ms: int
+
+
+OutboxEntry = OrderConfirmed | OrderRefunded | OrderPlaced | OrderEnded | PaymentUpdated
 
 
 def _text(value: str | bytes) -> str:
@@ -106,5 +164,37 @@ def parse_entry(raw: Mapping[Any, Any]) -> OutboxEntry | None:
             section=fields.get("section") or None,
             quantity=int(fields.get("quantity") or 0),
             refunded_at_ms=int(fields.get("refunded_at_ms") or 0),
+        )
+    if kind == "order_placed":
+        return OrderPlaced(
+            event_id=fields["event_id"],
+            order_id=fields["order_id"],
+            hold_id=fields["hold_id"],
+            customer_id=fields["customer_id"],
+            amount_cents=int(fields["amount_cents"]),
+            currency=fields.get("currency", ""),
+            items=list(json.loads(fields.get("items") or "[]")),
+            payment_intent=fields.get("payment_intent", ""),
+            provider=fields.get("provider", ""),
+            created_at_ms=int(fields["created_at_ms"]),
+            expires_at_ms=int(fields["expires_at_ms"]),
+        )
+    if kind == "order_ended":
+        return OrderEnded(
+            event_id=fields["event_id"],
+            order_id=fields["order_id"],
+            hold_id=fields.get("hold_id", ""),
+            customer_id=fields.get("customer_id", ""),
+            status=fields["status"],
+            reason=fields.get("reason", ""),
+            ended_at_ms=int(fields["ended_at_ms"]),
+            stripe_event=fields.get("stripe_event", ""),
+        )
+    if kind == "payment_updated":
+        return PaymentUpdated(
+            event_id=fields.get("event_id", ""),
+            order_id=fields["order_id"],
+            status=fields["status"],
+            updated_at_ms=int(fields["updated_at_ms"]),
         )
     return None

@@ -9,8 +9,10 @@
 --   2 {ev:<id>}:seats      hash   seat id -> "a" | "h:<hold id>" | "s:<order id>"
 --   3 {ev:<id>}:sections   hash   "codes" -> "A,FLOOR"; "<code>:kind" -> seated|general,
 --                                 "<code>:cap", "<code>:held", "<code>:sold"
---   4 {ev:<id>}:holds      hash   hold id -> JSON {c, q, e, st, seats? | sec?, o?}
---                                 (st: held | released | expired | confirmed | refunded);
+--   4 {ev:<id>}:holds      hash   hold id -> JSON {c, q, e, st, seats? | sec?, o?, ca?, ra?,
+--                                 ord?} (st: held | released | expired | confirmed |
+--                                 refunded; ca/ra: when sold/refunded, in ms; ord: the
+--                                 order placed on the hold, see op_order);
 --                                 "refund:<order id>" -> refund time (ms), kept for good
 --   5 {ev:<id>}:expiries   zset   "h:<hold id>" scored by expiry (ms),
 --                                 "g:<hold id>" scored by when its record may be forgotten
@@ -30,6 +32,19 @@
 --            Fails seats_unavailable {unavailable} / sold_out then.
 --   extend   {hold_id, customer_id, until_ms} keeps a live hold until until_ms
 --            (never earlier than it already was): the payment window.
+--   order    {hold_id, customer_id, order_id, until_ms, amount_cents, currency, items,
+--            payment_intent?, provider?} places the order of a live hold (one per
+--            hold) and keeps the hold until until_ms (the payment window): the
+--            record gains ord = {id, amt, cur, items, pi, prov, at, pay, fin?};
+--            outbox order_placed. Fails hold_not_found, hold_expired,
+--            order_exists {order_id}, event_not_on_sale {status} (cancelled).
+--   end      {hold_id, order_id, status = cancelled | refunded, reason, stripe_event?}
+--            an order that will never be paid for its seats: the hold (if still
+--            held) is released and ord.fin = {st, why, at}; outbox order_ended
+--            (also when the record is gone, so Postgres ends it). Once per order;
+--            fails already_confirmed once the order was sold.
+--   payment  {hold_id, order_id, status} notes the payment's status on the order
+--            (e.g. failed: another card may be tried); outbox payment_updated.
 --   refund   {order_id, hold_id, seats | section + quantity, sold_confirmed?}
 --            the order's seats (those still "s:<order id>") or GA places go back
 --            on sale; once per order ("refund:<order id>" in the holds hash makes
@@ -218,6 +233,10 @@ local function end_hold(hold_id, rec, new_status, order_id)
   if customer_limit() > 0 then drop_customer_hold(rec.c, hold_id) end
   rec.st = new_status
   rec.o = order_id
+  if sold then
+    rec.ca = NOW
+    if rec.ord then rec.ord.pay = 'succeeded' end
+  end
   put_hold(hold_id, rec)
   redis.call('ZREM', K_EXPIRIES, 'h:' .. hold_id)
   redis.call('ZADD', K_EXPIRIES, NOW + RECORD_RETENTION_MS, 'g:' .. hold_id)
@@ -517,7 +536,8 @@ local function sell_late(op, rec)
   if rec.c ~= '' then
     redis.call('HINCRBY', K_CUSTOMERS, rec.c .. ':sold', rec.q)
   end
-  rec.st, rec.o = 'confirmed', op.order_id
+  rec.st, rec.o, rec.ca = 'confirmed', op.order_id, NOW
+  if rec.ord then rec.ord.pay = 'succeeded' end
   if rec.e == nil then rec.e = NOW end
   put_hold(op.hold_id, rec)
   redis.call('ZREM', K_EXPIRIES, 'h:' .. op.hold_id)
@@ -648,7 +668,7 @@ local function op_refund(op)
   if freed == 0 then return fail('order_not_sold', {order_id = op.order_id}) end
   if rec then
     if rec.c ~= '' then redis.call('HINCRBY', K_CUSTOMERS, rec.c .. ':sold', -freed) end
-    rec.st = 'refunded'
+    rec.st, rec.ra = 'refunded', NOW
     put_hold(op.hold_id, rec)
   end
   redis.call('HSET', K_HOLDS, marker, NOW)
@@ -664,8 +684,106 @@ local function op_refund(op)
   return {ok = true, order_id = op.order_id, replayed = false}
 end
 
+local function valid_token(value)
+  return type(value) == 'string' and value ~= '' and not string.find(value, '%s')
+end
+
+-- Places the order of a live hold: one per hold, kept in the hold's record
+-- (ord) until the record is forgotten, and appended to the outbox for Postgres.
+local function op_order(op)
+  local status = meta_field('status')
+  if not status then return fail('event_not_found') end
+  if not valid_token(op.order_id) or type(op.until_ms) ~= 'number'
+     or type(op.amount_cents) ~= 'number' or type(op.items) ~= 'table' then
+    return fail('invalid_request', {detail = 'order_id, until_ms, amount_cents and items'})
+  end
+  local rec = type(op.hold_id) == 'string' and get_hold(op.hold_id)
+  if not rec or rec.c ~= op.customer_id then
+    return fail('hold_not_found', {hold_id = op.hold_id})
+  end
+  if rec.ord then return fail('order_exists', {order_id = rec.ord.id}) end
+  if rec.st == 'confirmed' or rec.st == 'refunded' then
+    return fail('order_exists', {order_id = rec.o})
+  end
+  if not is_live(rec) then return fail('hold_expired', {hold_id = op.hold_id}) end
+  if status == 'cancelled' then return fail('event_not_on_sale', {status = status}) end
+  local until_ms = math.floor(op.until_ms)
+  if until_ms > rec.e then
+    rec.e = until_ms
+    redis.call('ZADD', K_EXPIRIES, rec.e, 'h:' .. op.hold_id)
+  end
+  rec.ord = {id = op.order_id, amt = op.amount_cents, cur = op.currency or '',
+             items = op.items, pi = op.payment_intent or '', prov = op.provider or '',
+             at = NOW, pay = 'pending'}
+  put_hold(op.hold_id, rec)
+  redis.call('XADD', K_OUTBOX, '*',
+    'type', 'order_placed',
+    'event_id', meta_field('event_id'),
+    'order_id', op.order_id,
+    'hold_id', op.hold_id,
+    'customer_id', rec.c,
+    'amount_cents', op.amount_cents,
+    'currency', op.currency or '',
+    'items', cjson.encode(op.items),
+    'payment_intent', op.payment_intent or '',
+    'provider', op.provider or '',
+    'created_at_ms', NOW,
+    'expires_at_ms', rec.e)
+  return {ok = true, order_id = op.order_id, hold_id = op.hold_id, created_at_ms = NOW,
+          expires_at_ms = rec.e}
+end
+
+-- An order that will never be paid for its seats (its payment was cancelled,
+-- or refunded because its seats were resold): the hold is let go.
+local function op_end(op)
+  if not valid_token(op.order_id) or (op.status ~= 'cancelled' and op.status ~= 'refunded') then
+    return fail('invalid_request', {detail = 'order_id, and status cancelled or refunded'})
+  end
+  local rec = valid_token(op.hold_id) and get_hold(op.hold_id)
+  if rec and rec.ord and rec.ord.id == op.order_id then
+    if rec.ord.fin then return {ok = true, order_id = op.order_id, replayed = true} end
+    if rec.st == 'confirmed' or rec.st == 'refunded' then
+      return fail('already_confirmed', {order_id = rec.o})
+    end
+    if rec.st == 'held' then end_hold(op.hold_id, rec, is_live(rec) and 'released' or 'expired') end
+    rec.ord.fin = {st = op.status, why = op.reason or '', at = NOW}
+    if op.status == 'cancelled' then rec.ord.pay = 'canceled' end
+    put_hold(op.hold_id, rec)
+  end
+  redis.call('XADD', K_OUTBOX, '*',
+    'type', 'order_ended',
+    'event_id', meta_field('event_id') or '',
+    'order_id', op.order_id,
+    'hold_id', op.hold_id or '',
+    'customer_id', rec and rec.c or (op.customer_id or ''),
+    'status', op.status,
+    'reason', op.reason or '',
+    'ended_at_ms', NOW,
+    'stripe_event', op.stripe_event or '')
+  return {ok = true, order_id = op.order_id, replayed = false}
+end
+
+local function op_payment(op)
+  if not valid_token(op.order_id) or type(op.status) ~= 'string' then
+    return fail('invalid_request', {detail = 'order_id and status'})
+  end
+  local rec = valid_token(op.hold_id) and get_hold(op.hold_id)
+  if rec and rec.ord and rec.ord.id == op.order_id and rec.ord.pay == 'pending' then
+    rec.ord.pay = op.status
+    put_hold(op.hold_id, rec)
+  end
+  redis.call('XADD', K_OUTBOX, '*',
+    'type', 'payment_updated',
+    'event_id', meta_field('event_id') or '',
+    'order_id', op.order_id,
+    'status', op.status,
+    'updated_at_ms', NOW)
+  return {ok = true, order_id = op.order_id}
+end
+
 local OPERATIONS = {hold = op_hold, release = op_release, confirm = op_confirm,
-                    extend = op_extend, refund = op_refund}
+                    extend = op_extend, refund = op_refund, order = op_order,
+                    ['end'] = op_end, payment = op_payment}
 
 -- Applies ops in order, each all-or-nothing, and publishes one change set.
 -- `allowed` limits which operations this script accepts (nil: all).

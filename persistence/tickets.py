@@ -8,7 +8,9 @@ cannot let a revoked ticket in, and fifty scans of one ticket admit it once.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from engine.model import section_of
 from persistence.models import CheckIn, Event, Order, Ticket
 from sales.vocabulary import TicketStatus
 
@@ -43,6 +46,33 @@ class CheckInResult:
     at: datetime | None = None
     section_code: str = ""
     seat_id: str | None = None
+
+
+# Ticket ids and serials are derived from their order, so the tickets of a
+# sale exist, with the same ids and the same signed tokens, before the writer
+# has recorded them (the buyer reads them at once; the door admits them).
+TICKET_NAMESPACE = uuid.UUID("6f6e7361-6c65-4b1c-9e1d-7469636b6574")
+
+
+def issued(
+    order_id: str, seats: Sequence[str] | None, section: str | None, quantity: int
+) -> list[tuple[uuid.UUID, str, str, str | None]]:
+    """The tickets of a sale as (id, serial, section, seat): one per seat, in
+    the order sold, or ``quantity`` places of a general section."""
+    places: list[tuple[str, str | None]] = (
+        [(section_of(seat), seat) for seat in seats]
+        if seats
+        else [(section or "", None)] * quantity
+    )
+    return [
+        (
+            uuid.uuid5(TICKET_NAMESPACE, f"{order_id}/{n}"),
+            hashlib.sha256(f"onsale-ticket/{order_id}/{n}".encode()).hexdigest()[:16],
+            code,
+            seat,
+        )
+        for n, (code, seat) in enumerate(places)
+    ]
 
 
 _COLUMNS = (

@@ -16,6 +16,7 @@ blocking. A single Redis keeps the one blocking XREADGROUP over every stream.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -32,10 +33,19 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential
 
-from engine.model import section_of
-from engine.outbox import OUTBOX_REGISTRY, OrderConfirmed, OrderRefunded, OutboxEntry, parse_entry
+from engine.outbox import (
+    OUTBOX_REGISTRY,
+    OrderConfirmed,
+    OrderEnded,
+    OrderPlaced,
+    OrderRefunded,
+    OutboxEntry,
+    PaymentUpdated,
+    parse_entry,
+)
 from engine.redis_client import AsyncRedis, is_cluster, redis_client
-from sales.vocabulary import OrderStatus, TicketStatus
+from persistence.tickets import issued
+from sales.vocabulary import OrderStatus, PaymentStatus, TicketStatus
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +117,74 @@ RETURNING o.id
 """
 
 TICKETS_INSERT = f"""
-INSERT INTO tickets (order_id, event_id, section_code, seat_id, status)
-SELECT order_id, event_id, section_code, seat_id, '{VALID}'
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
-     AS t(order_id, event_id, section_code, seat_id)
+INSERT INTO tickets (id, order_id, event_id, section_code, seat_id, serial, status)
+SELECT id, order_id, event_id, section_code, seat_id, serial, '{VALID}'
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+     AS t(id, order_id, event_id, section_code, seat_id, serial)
+"""
+
+# Checkout's order, pending its payment. Whatever came first for the order (its
+# sale, or its end) keeps its status: this only fills in what it lacks.
+ORDERS_PLACE = f"""
+INSERT INTO orders AS o (id, event_id, customer_id, hold_id, status, amount_cents,
+                         currency, items, expires_at, created_at)
+SELECT n.id, n.event_id, n.customer_id, n.hold_id, '{PENDING}', n.amount, n.currency,
+       n.items::jsonb, to_timestamp(n.expires_ms / 1000.0), to_timestamp(n.created_ms / 1000.0)
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[],
+            $7::text[], $8::bigint[], $9::bigint[])
+     AS n(id, event_id, customer_id, hold_id, amount, currency, items, expires_ms, created_ms)
+ON CONFLICT (id) DO UPDATE
+   SET amount_cents = COALESCE(o.amount_cents, excluded.amount_cents),
+       currency = COALESCE(o.currency, excluded.currency),
+       items = COALESCE(o.items, excluded.items),
+       expires_at = COALESCE(o.expires_at, excluded.expires_at),
+       created_at = LEAST(o.created_at, excluded.created_at)
+"""
+
+# Its payment, in the status its order has reached by now.
+PAYMENTS_PLACE = f"""
+INSERT INTO payments (id, order_id, provider, payment_intent_id, status, amount_cents, currency)
+SELECT gen_random_uuid(), n.order_id, n.provider, n.intent,
+       CASE o.status WHEN '{PAID}' THEN '{PaymentStatus.SUCCEEDED}'
+                     WHEN '{REFUNDED}' THEN '{PaymentStatus.SUCCEEDED}'
+                     WHEN '{OrderStatus.CANCELLED}' THEN '{PaymentStatus.CANCELED}'
+                     ELSE '{PaymentStatus.PENDING}' END,
+       n.amount, n.currency
+FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[])
+     AS n(order_id, provider, intent, amount, currency)
+JOIN orders o ON o.id = n.order_id
+ON CONFLICT (payment_intent_id) DO NOTHING
+"""
+
+# An order that will never be paid for its seats: from pending only (or made
+# here, if its checkout has not been written yet).
+ORDERS_END = f"""
+INSERT INTO orders AS o (id, event_id, customer_id, hold_id, status, status_reason, refunded_at)
+SELECT n.id, n.event_id, n.customer_id, n.hold_id, n.status, n.reason,
+       CASE WHEN n.status = '{REFUNDED}' THEN to_timestamp(n.at_ms / 1000.0) END
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::bigint[])
+     AS n(id, event_id, customer_id, hold_id, status, reason, at_ms)
+ON CONFLICT (id) DO UPDATE
+   SET status = excluded.status, status_reason = excluded.status_reason,
+       refunded_at = excluded.refunded_at
+ WHERE o.status = '{PENDING}'
+"""
+
+PAYMENTS_SET = """
+UPDATE payments AS p SET status = n.status, updated_at = now()
+FROM unnest($1::text[], $2::text[]) AS n(order_id, status)
+WHERE p.order_id = n.order_id AND p.status <> n.status
+"""
+
+PAYMENTS_FAILED = f"""
+UPDATE payments AS p SET status = '{PaymentStatus.FAILED}', updated_at = now()
+WHERE p.order_id = ANY($1::text[]) AND p.status = '{PaymentStatus.PENDING}'
+"""
+
+WEBHOOKS_SEEN = """
+INSERT INTO processed_webhook_events (id, provider)
+SELECT unnest($1::text[]), 'stripe' ON CONFLICT DO NOTHING
 """
 
 SECTION_SOLD = """
@@ -130,11 +204,106 @@ async def write_entries(
     alone (ON CONFLICT … WHERE pending_payment), so its tickets are inserted
     only by the write that recorded it. ``copy=False`` inserts tickets with a
     plain INSERT instead (the benchmark's one-order-at-a-time reference).
-    Refunds (``order_refunded``) are written after the batch's confirmations.
+    Refunds (``order_refunded``) are written after the batch's confirmations;
+    checkouts (``order_placed``) before them, ended orders and payment
+    statuses after.
     """
+    await _write_placed(conn, entries)
     recorded = await _write_confirmations(conn, entries, copy=copy)
     await _write_refunds(conn, entries)
+    await _write_ended(conn, entries)
+    await _write_payment_news(conn, entries)
     return recorded
+
+
+async def _write_placed(conn: AsyncConnection, entries: Sequence[Entry]) -> None:
+    placed = {e.payload.order_id: e.payload for e in entries if isinstance(e.payload, OrderPlaced)}
+    if not placed:
+        return
+    orders = sorted(placed.values(), key=lambda p: p.order_id)
+    await conn.exec_driver_sql(
+        ORDERS_PLACE,
+        (
+            [p.order_id for p in orders],
+            [p.event_id for p in orders],
+            [p.customer_id for p in orders],
+            [p.hold_id for p in orders],
+            [p.amount_cents for p in orders],
+            [p.currency for p in orders],
+            [json.dumps(p.items) for p in orders],
+            [p.expires_at_ms for p in orders],
+            [p.created_at_ms for p in orders],
+        ),
+    )
+    paying = [p for p in orders if p.payment_intent]
+    if paying:
+        await conn.exec_driver_sql(
+            PAYMENTS_PLACE,
+            (
+                [p.order_id for p in paying],
+                [p.provider or "stripe" for p in paying],
+                [p.payment_intent for p in paying],
+                [p.amount_cents for p in paying],
+                [p.currency for p in paying],
+            ),
+        )
+
+
+async def _write_ended(conn: AsyncConnection, entries: Sequence[Entry]) -> None:
+    ended = {e.payload.order_id: e.payload for e in entries if isinstance(e.payload, OrderEnded)}
+    if not ended:
+        return
+    orders = sorted(ended.values(), key=lambda o: o.order_id)
+    await conn.exec_driver_sql(
+        ORDERS_END,
+        (
+            [o.order_id for o in orders],
+            [o.event_id for o in orders],
+            [o.customer_id for o in orders],
+            [o.hold_id for o in orders],
+            [o.status for o in orders],
+            [o.reason for o in orders],
+            [o.ended_at_ms for o in orders],
+        ),
+    )
+    await conn.exec_driver_sql(
+        PAYMENTS_SET,
+        (
+            [o.order_id for o in orders],
+            [
+                PaymentStatus.CANCELED
+                if o.status == OrderStatus.CANCELLED
+                else PaymentStatus.SUCCEEDED
+                for o in orders
+            ],
+        ),
+    )
+
+
+async def _write_payment_news(conn: AsyncConnection, entries: Sequence[Entry]) -> None:
+    """Payment statuses, and the Stripe events already handled (written behind:
+    the webhook keeps its own record in Redis)."""
+    failed = sorted(
+        {
+            e.payload.order_id
+            for e in entries
+            if isinstance(e.payload, PaymentUpdated) and e.payload.status == PaymentStatus.FAILED
+        }
+    )
+    if failed:
+        await conn.exec_driver_sql(PAYMENTS_FAILED, (failed,))
+    sold = sorted({e.payload.order_id for e in entries if isinstance(e.payload, OrderConfirmed)})
+    if sold:
+        await conn.exec_driver_sql(PAYMENTS_SET, (sold, [str(PaymentStatus.SUCCEEDED)] * len(sold)))
+    seen = sorted(
+        {
+            e.payload.stripe_event
+            for e in entries
+            if isinstance(e.payload, OrderConfirmed | OrderEnded) and e.payload.stripe_event
+        }
+    )
+    if seen:
+        await conn.exec_driver_sql(WEBHOOKS_SEEN, (seen,))
 
 
 # 'pending_payment' too: with several consumers a refund may be committed
@@ -213,19 +382,16 @@ async def _write_confirmations(
     recorded = list((await conn.exec_driver_sql(ORDERS_UPSERT, columns)).scalars())
     raw = (await conn.get_raw_connection()).driver_connection
     assert raw is not None and raw.is_in_transaction()
-    tickets: list[tuple[str, str, str, str | None]] = []
+    tickets: list[tuple[uuid.UUID, str, str, str, str | None, str]] = []
     per_section: Counter[tuple[str, str]] = Counter()
     for order_id in recorded:
         _, sale = by_order[order_id]
         event_id = sale.event_id
-        if sale.seats:
-            for seat in sale.seats:
-                code = section_of(seat)
-                tickets.append((order_id, event_id, code, seat))
-                per_section[(event_id, code)] += 1
-        elif sale.section:
-            tickets.extend([(order_id, event_id, sale.section, None)] * sale.quantity)
-            per_section[(event_id, sale.section)] += sale.quantity
+        for ticket_id, serial, code, seat in issued(
+            order_id, sale.seats, sale.section, sale.quantity
+        ):
+            tickets.append((ticket_id, order_id, event_id, code, seat, serial))
+            per_section[(event_id, code)] += 1
     if tickets and copy:
         await raw.copy_records_to_table("tickets", records=tickets, columns=TICKET_COLUMNS)
     elif tickets:
@@ -238,8 +404,9 @@ async def _write_confirmations(
     return len(recorded)
 
 
-# Ticket ids and status come from the column defaults.
-TICKET_COLUMNS = ("order_id", "event_id", "section_code", "seat_id")
+# Ids and serials derived from the order (persistence.tickets.issued); the
+# status from the column default.
+TICKET_COLUMNS = ("id", "order_id", "event_id", "section_code", "seat_id", "serial")
 
 
 async def outbox_lag(redis: AsyncRedis) -> Lag:
@@ -433,6 +600,13 @@ class OutboxWriter:
                 pipe.xack(stream, GROUP, *ids)
                 pipe.xdel(stream, *ids)
             await pipe.execute()
+
+
+async def record_sale(db: AsyncEngine, sale: OrderConfirmed) -> None:
+    """Writes one sale now, as the writer would (and as idempotently): for the
+    door, which must admit a ticket the writer has not reached yet."""
+    async with db.begin() as conn:
+        await write_entries(conn, [Entry("", "0-0", {}, sale)])
 
 
 def _log_unavailable(state: RetryCallState) -> None:

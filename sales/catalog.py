@@ -81,6 +81,24 @@ def event_from_card(raw: bytes | str) -> EventRecord:
     )
 
 
+class CardReader(Protocol):
+    async def card(self, event_id: str) -> tuple[int, bytes] | None: ...
+
+
+class Cards:
+    """An event lookup for processes without the API's cache (reconciliation):
+    the card from Redis, or, for a draft, Postgres."""
+
+    def __init__(self, cards: CardReader, db: AsyncEngine) -> None:
+        self._cards, self._db = cards, db
+
+    async def get(self, event_id: str) -> EventRecord | None:
+        card = await self._cards.card(event_id)
+        if card is not None:
+            return event_from_card(card[1])
+        return await event_store.get_event(self._db, event_id)
+
+
 async def write_card(cards: CardStore, event: EventRecord) -> None:
     """Publishes the event's card; a newer write has a higher revision."""
     if event.status is not EventStatus.DRAFT:

@@ -15,10 +15,17 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from engine.client import EngineClient
+from engine.outbox import OrderConfirmed
 from persistence import tickets as ticket_store
+from persistence.writer import record_sale
 from sales.access import Principal, managed_event
 from sales.errors import SaleRefused
+from sales.holds import EventLookup
+from sales.items import Places
+from sales.orders import engine_order
 from sales.ticketing import InvalidTicket, TicketSigner
+from sales.vocabulary import OrderStatus
 
 
 @dataclass(frozen=True)
@@ -30,7 +37,13 @@ class Admitted:
 
 
 async def check_in(
-    db: AsyncEngine, signer: TicketSigner, event_id: str, token: str, user: Principal
+    db: AsyncEngine,
+    engine: EngineClient,
+    events: EventLookup,
+    signer: TicketSigner,
+    event_id: str,
+    token: str,
+    user: Principal,
 ) -> Admitted:
     event = await managed_event(db, event_id, user)
     try:
@@ -39,6 +52,12 @@ async def check_in(
     except (InvalidTicket, ValueError) as exc:
         raise SaleRefused("invalid_ticket", str(exc) or "not a ticket") from exc
     result = await ticket_store.check_in(db, ticket_id, event.id, claims.serial, user.user_id)
+    if (
+        not result.valid
+        and claims.order_id
+        and await _record_if_sold(db, engine, events, claims.order_id, ticket_id)
+    ):
+        result = await ticket_store.check_in(db, ticket_id, event.id, claims.serial, user.user_id)
     if not result.valid:
         raise SaleRefused("invalid_ticket", "the ticket was revoked or does not exist")
     assert result.at is not None
@@ -50,6 +69,36 @@ async def check_in(
             checked_in_at=result.at.isoformat().replace("+00:00", "Z"),
         )
     return Admitted(ticket_id, result.section_code, result.seat_id, result.at)
+
+
+async def _record_if_sold(
+    db: AsyncEngine, engine: EngineClient, events: EventLookup, order_id: str, ticket_id: uuid.UUID
+) -> bool:
+    """A ticket of a sale the writer has not recorded yet: the engine says the
+    order is paid and has the ticket, so the sale is written now (as the writer
+    will write it: idempotent by order id) and the scan goes ahead."""
+    order = await engine_order(engine, events, order_id)
+    if order is None or order.status is not OrderStatus.PAID:
+        return False
+    if all(t.id != ticket_id for t in order.tickets):
+        return False
+    places = Places.of(order.items)
+    confirmed_ms = int((order.confirmed_at or order.created_at).timestamp() * 1000)
+    await record_sale(
+        db,
+        OrderConfirmed(
+            event_id=order.event_id,
+            order_id=order.id,
+            hold_id=order.hold_id,
+            customer_id=order.customer_id,
+            seats=places.seats or (),
+            section=places.section,
+            quantity=places.quantity,
+            confirmed_at_ms=confirmed_ms,
+            meta={"amount_cents": order.amount_cents, "currency": order.currency},
+        ),
+    )
+    return True
 
 
 @dataclass(frozen=True)

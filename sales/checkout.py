@@ -2,26 +2,29 @@
 
 One order per hold, with an id derived from the hold's, so a retried checkout
 (and its PaymentIntent, whose idempotency key is the order id) lands on the
-same order. The hold is kept for the payment window, never longer; the sale
-itself is made when the payment arrives (:mod:`sales.settlement`).
+same order. The order is recorded by the engine, in the hold's record, in the
+same script call that keeps the hold for the payment window; it reaches
+Postgres through the outbox, like a sale, so checkout writes nothing to
+Postgres. The sale itself is made when the payment arrives
+(:mod:`sales.settlement`).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
-
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from engine.client import EngineClient
-from persistence import events as event_store
-from persistence import orders as order_store
-from persistence import payments as payment_store
-from persistence.orders import OrderExists, OrderRecord
+from engine.errors import EventNotOnSale, OrderExists
+from engine.model import PlaceOrder
+from engine.redis_client import AsyncRedis
+from persistence.orders import OrderRecord
+from sales import lookups
 from sales.access import Principal
 from sales.errors import SaleRefused
 from sales.holds import EventLookup, own_hold, price
+from sales.items import items_to_json
+from sales.orders import engine_order, order_id_for
 from sales.payments import Intent, Payments, PaymentsUnavailable
 from sales.vocabulary import EventStatus, HoldStatus
 
@@ -34,9 +37,9 @@ class Checkout:
 
 
 async def checkout(
-    db: AsyncEngine,
     engine: EngineClient,
     events: EventLookup,
+    redis: AsyncRedis,
     payments: Payments | None,
     *,
     hold_id: str,
@@ -44,17 +47,18 @@ async def checkout(
     payment_window_s: int,
 ) -> Checkout:
     """An order for the caller's live hold, with a PaymentIntent for the
-    amount priced here; the hold is extended to the payment window."""
+    amount priced here; the hold is kept for the payment window."""
     event, hold = await own_hold(events, engine, hold_id, user)
-    status = await event_store.event_status(db, event.id)  # not cached: cancel is final
-    if status is None or status is EventStatus.CANCELLED:
+    if event.status is EventStatus.CANCELLED:
         raise SaleRefused("event_ended", "the event is cancelled")
+    if hold.order is not None:
+        raise SaleRefused("order_exists", order_id=hold.order.order_id)
     if hold.status is HoldStatus.CONFIRMED and hold.order_id:
         raise SaleRefused("order_exists", order_id=hold.order_id)
     if hold.status is not HoldStatus.HELD:
         raise SaleRefused("hold_expired", f"the hold is {hold.status}")
     amount, items = price(event, hold.seats, hold.section, hold.quantity)
-    order_id = order_store.order_id_for(hold.hold_id)
+    order_id = order_id_for(hold.hold_id)
     intent = None
     if payments is not None:  # first: idempotent by order id, so a retry reuses it
         try:
@@ -63,29 +67,31 @@ async def checkout(
             )
         except PaymentsUnavailable as exc:
             raise SaleRefused("payments_unavailable", str(exc)[:200]) from exc
-    until_ms = int((time.time() + payment_window_s) * 1000)
-    held = await engine.extend(event.id, hold.hold_id, user.customer_id, until_ms)
+    command = PlaceOrder(
+        hold_id=hold.hold_id,
+        customer_id=user.customer_id,
+        order_id=order_id,
+        until_ms=int((time.time() + payment_window_s) * 1000),
+        amount_cents=amount,
+        currency=event.currency,
+        items=tuple(items_to_json(items)),
+        payment_intent=intent.id if intent else "",
+        provider=payments.provider if payments else "",
+    )
     try:
-        order = await order_store.create_order(
-            db,
-            order_id=order_id,
-            event_id=event.id,
-            customer_id=user.customer_id,
-            hold_id=hold.hold_id,
-            amount_cents=amount,
-            currency=event.currency,
-            items=items,
-            expires_at=datetime.fromtimestamp(held.expires_at_ms / 1000, UTC),
-        )
+        placed = await engine.place_order(event.id, command)
     except OrderExists as exc:
-        raise SaleRefused("order_exists", order_id=exc.order_id) from exc
-    if intent is not None and payments is not None:
-        await payment_store.record_payment(
-            db,
-            order_id=order_id,
-            provider=payments.provider,
-            payment_intent_id=intent.id,
-            amount_cents=amount,
-            currency=event.currency,
-        )
+        raise SaleRefused("order_exists", order_id=exc.context.get("order_id")) from exc
+    except EventNotOnSale as exc:  # cancelled meanwhile: cancel is final
+        raise SaleRefused("event_ended", "the event is cancelled") from exc
+    await lookups.remember_checkout(
+        redis,
+        order_id=order_id,
+        customer_id=user.customer_id,
+        intent_id=intent.id if intent else None,
+        created_ms=placed.created_at_ms,
+        expires_ms=placed.expires_at_ms,
+    )
+    order = await engine_order(engine, events, order_id)
+    assert order is not None  # the engine has just recorded it
     return Checkout(order, intent, payments.provider if payments is not None else None)

@@ -32,13 +32,27 @@ class Intent:
 class Payments:
     provider = "stripe"
 
-    def __init__(self, secret_key: str, webhook_secret: str, api_base: str | None = None) -> None:
+    def __init__(
+        self,
+        secret_key: str,
+        webhook_secret: str,
+        api_base: str | None = None,
+        *,
+        max_concurrent: int = 32,
+        timeout_s: float = 10.0,
+    ) -> None:
+        """At most ``max_concurrent`` calls to Stripe at once from this
+        process, each given ``timeout_s``: a caller that would wait longer for
+        a turn, or a call that takes longer, is PaymentsUnavailable (the API
+        answers 503 with Retry-After) rather than queueing without end."""
         self._client = stripe.StripeClient(
             secret_key,
             base_addresses={"api": api_base} if api_base else {},
             max_network_retries=2,
         )
         self._webhook_secret = webhook_secret
+        self._turns = asyncio.Semaphore(max_concurrent)
+        self._timeout_s = timeout_s
 
     async def create_intent(
         self, *, order_id: str, event_id: str, amount_cents: int, currency: str
@@ -75,8 +89,26 @@ class Payments:
             raise InvalidSignature(str(exc)) from exc
         return dict(event.to_dict())
 
-    async def _call(self, method: Any, **kwargs: Any) -> Any:
+    async def retrieve(self, payment_intent_id: str) -> Intent:
+        """The PaymentIntent as Stripe has it now (reconciliation)."""
+        intent = await self._call(self._client.v1.payment_intents.retrieve, payment_intent_id)
+        return Intent(intent.id, None, str(intent.status))
+
+    async def cancel(self, payment_intent_id: str) -> Intent:
+        """Cancels a PaymentIntent that was never paid, so it can no longer
+        be; a payment that got there first is returned as it stands."""
         try:
-            return await asyncio.to_thread(method, **kwargs)
+            intent = await self._call(self._client.v1.payment_intents.cancel, payment_intent_id)
+        except PaymentsUnavailable:
+            return await self.retrieve(payment_intent_id)  # e.g. it succeeded meanwhile
+        return Intent(intent.id, None, str(intent.status))
+
+    async def _call(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                async with self._turns:
+                    return await asyncio.to_thread(method, *args, **kwargs)
+        except TimeoutError as exc:
+            raise PaymentsUnavailable("Stripe did not answer in time") from exc
         except stripe.StripeError as exc:
             raise PaymentsUnavailable(str(exc)) from exc

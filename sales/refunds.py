@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from engine.client import EngineClient
-from persistence import payments as payment_store
 from persistence.orders import OrderRecord
 from sales.access import Principal
 from sales.errors import SaleRefused
+from sales.holds import EventLookup
 from sales.items import Places
-from sales.orders import order_for
+from sales.orders import order_for, payment_intent_of
 from sales.payments import Payments, PaymentsUnavailable
 from sales.vocabulary import OrderStatus
 
@@ -35,21 +35,23 @@ class Refund:
 async def refund_order(
     db: AsyncEngine,
     engine: EngineClient,
+    events: EventLookup,
     payments: Payments | None,
     order_id: str,
     user: Principal,
 ) -> Refund:
-    """Refunds a paid order (its buyer, the event's organizer, admins)."""
-    order = await order_for(db, order_id, user)
+    """Refunds a paid order (its buyer, the event's organizer, admins), paid
+    as the engine knows it: whether or not the writer has recorded it yet."""
+    order = await order_for(db, engine, events, order_id, user)
     if order.status is OrderStatus.REFUNDED:
         return Refund(order.id, True, "succeeded")
     if order.status is not OrderStatus.PAID:
         raise SaleRefused("order_not_paid", f"the order is {order.status}")
-    payment = await payment_store.payment_of(db, order.id)
-    if payments is None or payment is None:
+    intent_id = await payment_intent_of(db, engine, order)
+    if payments is None or intent_id is None:
         raise SaleRefused("payments_unavailable", "no payment provider for this order")
     try:
-        status = await payments.refund(payment.payment_intent_id, reason_key="requested")
+        status = await payments.refund(intent_id, reason_key="requested")
     except PaymentsUnavailable as exc:
         raise SaleRefused("payments_unavailable", str(exc)[:200]) from exc
     if status == "succeeded":

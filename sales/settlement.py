@@ -1,16 +1,22 @@
 """Settling payments: what each Stripe event does to an order.
 
-A verified Stripe event is handled once: the event id is recorded after it is
-handled, so a redelivery is answered without doing anything, while a failure
-(Stripe unreachable for a refund, the engine away) raises, and Stripe
-redelivers until it succeeds. Every step is idempotent by order id, so even a
-handled event delivered twice at once sells nothing twice.
+The success path touches only the engine and Redis: the order is found in its
+hold's record (by the metadata Stripe echoes, or by its PaymentIntent id), the
+sale is made by the event's actor, and everything reaches Postgres through
+the outbox. A verified event is handled once: its id is kept in Redis for
+longer than Stripe's retry window (and written behind with the sale), set
+after it is handled, so a failure is retried by Stripe rather than forgotten.
+Every step is idempotent by order id, so even a handled event delivered
+twice at once sells nothing twice. Reconciliation (:mod:`sales.reconcile`)
+settles through the same functions when a webhook never comes.
 
 - ``payment_intent.succeeded``: sell the hold to the order. If the hold lapsed,
-  sell the same seats if they are still free (a late sale); if someone else has
-  them, refund the payment (``refunded``, reason ``seats_resold``).
-- ``payment_intent.payment_failed``: nothing to do; the buyer may try another
-  card while the hold lasts, then it frees itself.
+  sell the same seats if they are still free (a late sale). If someone else
+  has them, or the event was cancelled meanwhile, refund the payment (the
+  order ends ``refunded``, reason ``seats_resold`` or ``event_cancelled``):
+  a payment that can no longer become a sale is never left taken.
+- ``payment_intent.payment_failed``: noted; the buyer may try another card
+  while the hold lasts, then it frees itself.
 - ``payment_intent.canceled``: the order ends ``cancelled``, the hold is released.
 - ``charge.refunded`` (a refund made in Stripe's dashboard): the seats go back
   on sale, as for a refund asked through onsale.
@@ -24,11 +30,21 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from engine.client import EngineClient
-from engine.errors import EventNotOnSale, HoldExpired, HoldNotFound, SeatsUnavailable, SoldOut
-from persistence import orders as order_store
+from engine.errors import (
+    AlreadyConfirmed,
+    EventNotOnSale,
+    HoldExpired,
+    HoldNotFound,
+    SeatsUnavailable,
+    SoldOut,
+)
+from engine.redis_client import AsyncRedis
 from persistence import payments as payment_store
 from persistence.orders import OrderRecord
+from sales import lookups
+from sales.holds import EventLookup
 from sales.items import Places
+from sales.orders import current_order
 from sales.payments import Payments
 from sales.refunds import return_to_sale
 from sales.vocabulary import OrderStatus, PaymentStatus
@@ -36,75 +52,130 @@ from sales.vocabulary import OrderStatus, PaymentStatus
 log = logging.getLogger(__name__)
 
 
-async def handle_stripe_event(
-    db: AsyncEngine, engine: EngineClient, payments: Payments, event: dict[str, Any]
-) -> bool:
-    """Applies a verified Stripe event; False if it was handled before."""
-    if await payment_store.webhook_seen(db, event["id"]):
-        return False
-    await _apply(db, engine, payments, event)
-    await payment_store.mark_webhook_handled(db, event["id"], payments.provider)
-    return True
+class Settlement:
+    """What settling needs: the engine, Redis, the event lookup, Stripe, and
+    Postgres only for orders older than the engine's memory of them."""
 
+    def __init__(
+        self,
+        db: AsyncEngine,
+        engine: EngineClient,
+        events: EventLookup,
+        redis: AsyncRedis,
+        payments: Payments,
+    ) -> None:
+        self.db, self.engine, self.events, self.redis = db, engine, events, redis
+        self.payments = payments
 
-async def _apply(
-    db: AsyncEngine, engine: EngineClient, payments: Payments, event: dict[str, Any]
-) -> None:
-    kind = event.get("type", "")
-    obj = event.get("data", {}).get("object", {})
-    intent_id = obj.get("payment_intent") if kind.startswith("charge.") else obj.get("id")
-    order_id = (obj.get("metadata") or {}).get("order_id")
-    if not order_id and intent_id:  # charge events carry the intent, not our metadata
-        order_id = await payment_store.order_of_intent(db, intent_id)
-    order = await order_store.get_order(db, order_id) if order_id else None
-    if order is None:
-        log.info("stripe %s for no order of ours (%s)", kind, intent_id)
-        return
-    if kind == "payment_intent.succeeded":
-        await payment_store.set_payment_status(db, intent_id, PaymentStatus.SUCCEEDED)
-        await paid(db, engine, payments, order, intent_id)
-    elif kind == "payment_intent.payment_failed":
-        await payment_store.set_payment_status(db, intent_id, PaymentStatus.FAILED)
-    elif kind == "payment_intent.canceled":
-        await payment_store.set_payment_status(db, intent_id, PaymentStatus.CANCELED)
-        if await payment_store.end_unpaid_order(
-            db, order.id, OrderStatus.CANCELLED, "payment_canceled"
-        ):
-            await engine.release(order.event_id, order.hold_id)
-    elif kind == "charge.refunded" and order.status is OrderStatus.PAID:
-        await return_to_sale(engine, order)
+    async def handle(self, event: dict[str, Any]) -> bool:
+        """Applies a verified Stripe event; False if it was handled before."""
+        if await lookups.already_handled(self.redis, event["id"]):
+            return False
+        await self._apply(event)
+        await lookups.handled(self.redis, event["id"])
+        return True
 
+    async def _apply(self, event: dict[str, Any]) -> None:
+        kind = event.get("type", "")
+        obj = event.get("data", {}).get("object", {})
+        intent_id = obj.get("payment_intent") if kind.startswith("charge.") else obj.get("id")
+        order = await self.order_paid_by(intent_id, (obj.get("metadata") or {}).get("order_id"))
+        if order is None:
+            log.info("stripe %s for no order of ours (%s)", kind, intent_id)
+            return
+        if kind == "payment_intent.succeeded":
+            await self.paid(order, intent_id, stripe_event=event["id"])
+        elif kind == "payment_intent.payment_failed":
+            if order.status is OrderStatus.PENDING_PAYMENT:
+                await self.engine.note_payment(
+                    order.event_id, order.hold_id, order.id, PaymentStatus.FAILED
+                )
+        elif kind == "payment_intent.canceled":
+            await self.cancelled(order, stripe_event=event["id"])
+        elif kind == "charge.refunded" and order.status is OrderStatus.PAID:
+            await return_to_sale(self.engine, order)
 
-async def paid(
-    db: AsyncEngine, engine: EngineClient, payments: Payments, order: OrderRecord, intent_id: str
-) -> None:
-    """Money arrived: sell the hold; if it lapsed, sell the same seats if they
-    are still free; if someone else has them, give the money back."""
-    if order.status in (OrderStatus.PAID, OrderStatus.REFUNDED):
-        return
-    meta = {"amount_cents": order.amount_cents, "currency": order.currency, "payment": intent_id}
-    try:
-        await engine.confirm(order.event_id, order.hold_id, order.id, meta)
-        return
-    except (HoldExpired, HoldNotFound):
-        pass
-    places = Places.of(order.items)
-    try:
-        await engine.confirm(
+    async def order_paid_by(
+        self, intent_id: str | None, order_id: str | None
+    ) -> OrderRecord | None:
+        if not order_id and intent_id:  # charge events carry the intent, not our metadata
+            order_id = await lookups.order_of_intent(self.redis, intent_id)
+            if order_id is None:  # an order older than the lookup: Postgres knows
+                order_id = await payment_store.order_of_intent(self.db, intent_id)
+        if not order_id:
+            return None
+        return await current_order(self.db, self.engine, self.events, order_id)
+
+    async def paid(self, order: OrderRecord, intent_id: str, *, stripe_event: str = "") -> None:
+        """Money arrived: sell the hold; if it lapsed, sell the same seats if
+        they are still free; if someone else has them (or the event is
+        cancelled), give the money back."""
+        if order.status in (OrderStatus.PAID, OrderStatus.REFUNDED):
+            await lookups.settled(self.redis, order.id)
+            return
+        meta = {
+            "amount_cents": order.amount_cents,
+            "currency": order.currency,
+            "payment": intent_id,
+            "stripe_event": stripe_event,
+        }
+        try:
+            await self.engine.confirm(order.event_id, order.hold_id, order.id, meta)
+        except (HoldExpired, HoldNotFound):
+            await self._late(order, intent_id, meta, stripe_event)
+        except EventNotOnSale as exc:  # a live hold, but its event was cancelled
+            await self._give_back(order, intent_id, "event_cancelled", exc.code, stripe_event)
+        await lookups.settled(self.redis, order.id)
+
+    async def _late(
+        self, order: OrderRecord, intent_id: str, meta: dict[str, Any], stripe_event: str
+    ) -> None:
+        places = Places.of(order.items)
+        try:
+            await self.engine.confirm(
+                order.event_id,
+                order.hold_id,
+                order.id,
+                meta,
+                late=True,
+                customer_id=order.customer_id,
+                seats=places.seats,
+                section=places.section,
+                quantity=places.quantity,
+            )
+            log.info("order %s paid late; its seats were still free and are sold", order.id)
+        except (SeatsUnavailable, SoldOut, EventNotOnSale) as exc:
+            reason = "event_cancelled" if isinstance(exc, EventNotOnSale) else "seats_resold"
+            await self._give_back(order, intent_id, reason, exc.code, stripe_event)
+
+    async def _give_back(
+        self, order: OrderRecord, intent_id: str, reason: str, why: str, stripe_event: str
+    ) -> None:
+        log.warning("order %s paid, but cannot be sold (%s): refunding", order.id, why)
+        # PaymentsUnavailable propagates: Stripe redelivers (or the next
+        # reconciliation comes back), and the refund is tried again.
+        await self.payments.refund(intent_id, reason_key=reason)
+        await self.engine.end_order(
             order.event_id,
             order.hold_id,
             order.id,
-            meta,
-            late=True,
-            customer_id=order.customer_id,
-            seats=places.seats,
-            section=places.section,
-            quantity=places.quantity,
+            OrderStatus.REFUNDED,
+            reason,
+            stripe_event=stripe_event,
         )
-        log.info("order %s paid late; its seats were still free and are sold", order.id)
-    except (SeatsUnavailable, SoldOut, EventNotOnSale) as exc:
-        log.warning("order %s paid after its seats were resold (%s): refunding", order.id, exc.code)
-        # PaymentsUnavailable propagates: Stripe redelivers the event and the
-        # refund is tried again.
-        await payments.refund(intent_id, reason_key="seats_resold")
-        await payment_store.end_unpaid_order(db, order.id, OrderStatus.REFUNDED, "seats_resold")
+
+    async def cancelled(self, order: OrderRecord, *, stripe_event: str = "") -> None:
+        """The payment was cancelled: the order ends, its hold is let go."""
+        if order.status is OrderStatus.PENDING_PAYMENT:
+            try:
+                await self.engine.end_order(
+                    order.event_id,
+                    order.hold_id,
+                    order.id,
+                    OrderStatus.CANCELLED,
+                    "payment_canceled",
+                    stripe_event=stripe_event,
+                )
+            except AlreadyConfirmed:
+                pass  # sold meanwhile: the sale stands
+        await lookups.settled(self.redis, order.id)

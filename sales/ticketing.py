@@ -3,10 +3,12 @@ Ed25519 (PyJWT's EdDSA on `cryptography`), verifiable with the public key
 published at ``GET /events/{id}/ticket-key`` and by nothing less.
 
 Claims: ``tid`` the ticket id, ``eid`` the event, ``sec`` the section and
-``seat`` (absent for general admission), ``sn`` the ticket's serial. The serial
-is random per ticket row, so a token names one issue of a ticket: a seat that
-is refunded and sold again gets a new ticket with a new serial, and the old
-token stays refused however valid its signature. Signatures are deterministic,
+``seat`` (absent for general admission), ``sn`` the ticket's serial, ``oid``
+its order (which lets the door admit a ticket the writer has not recorded
+yet). The serial is unique per ticket (derived from its order), so a token
+names one issue of a ticket: a seat that is refunded and sold again gets a new
+ticket with a new serial, and the old token stays refused however valid its
+signature. Signatures are deterministic,
 so a ticket's token is the same every time it is shown.
 
 The private key comes from ``ONSALE_TICKET_SIGNING_KEY`` (PEM, PKCS#8) or is
@@ -42,6 +44,7 @@ class TicketClaims:
     section: str
     seat: str | None
     serial: str
+    order_id: str | None = None  # tickets issued since orders live in the engine
 
 
 def _new_private_pem() -> str:
@@ -84,6 +87,8 @@ class TicketSigner:
         }
         if claims.seat is not None:
             body["seat"] = claims.seat
+        if claims.order_id is not None:
+            body["oid"] = claims.order_id
         return jwt.encode(body, self._private, algorithm=ALGORITHM, headers={"kid": self.key_id})
 
     def verify(self, token: str, event_id: str) -> TicketClaims:
@@ -93,7 +98,7 @@ class TicketSigner:
             body = jwt.decode(token, self.public, algorithms=[ALGORITHM])
             claims = TicketClaims(
                 str(body["tid"]), str(body["eid"]), str(body["sec"]), body.get("seat"),
-                str(body["sn"]),
+                str(body["sn"]), body.get("oid"),
             )  # fmt: skip
         except (jwt.PyJWTError, KeyError, TypeError, ValueError) as exc:
             raise InvalidTicket("the ticket's signature does not verify") from exc

@@ -9,20 +9,27 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from engine.client import EngineClient
 from persistence import tickets as ticket_store
 from persistence.orders import OrderRecord, TicketRecord
 from persistence.tickets import TicketView
 from sales.access import Principal, may_see_sale
 from sales.errors import SaleRefused
+from sales.holds import EventLookup
 from sales.orders import order_for
 from sales.ticketing import TicketClaims, TicketSigner
 from sales.vocabulary import TicketStatus
 
 
-def token_of(signer: TicketSigner, ticket: TicketRecord | TicketView) -> str:
+def token_of(signer: TicketSigner, ticket: TicketRecord | TicketView, order_id: str) -> str:
     return signer.sign(
         TicketClaims(
-            str(ticket.id), ticket.event_id, ticket.section_code, ticket.seat_id, ticket.serial
+            str(ticket.id),
+            ticket.event_id,
+            ticket.section_code,
+            ticket.seat_id,
+            ticket.serial,
+            order_id,
         )
     )
 
@@ -34,11 +41,18 @@ class IssuedTicket:
 
 
 async def tickets_of_order(
-    db: AsyncEngine, signer: TicketSigner, order_id: str, user: Principal
+    db: AsyncEngine,
+    engine: EngineClient,
+    events: EventLookup,
+    signer: TicketSigner,
+    order_id: str,
+    user: Principal,
 ) -> tuple[OrderRecord, list[IssuedTicket]]:
-    order = await order_for(db, order_id, user)
+    """The order's tickets as soon as it is paid (the engine's word: the
+    writer need not have recorded them)."""
+    order = await order_for(db, engine, events, order_id, user)
     return order, [
-        IssuedTicket(t, token_of(signer, t) if t.status is TicketStatus.VALID else None)
+        IssuedTicket(t, token_of(signer, t, order.id) if t.status is TicketStatus.VALID else None)
         for t in order.tickets
     ]
 
@@ -52,4 +66,4 @@ async def ticket_token(
         raise SaleRefused("not_found", "no such ticket")
     if ticket.status is not TicketStatus.VALID:
         raise SaleRefused("ticket_revoked", "this ticket's order was refunded")
-    return token_of(signer, ticket)
+    return token_of(signer, ticket, ticket.order_id)

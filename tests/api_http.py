@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -20,11 +20,13 @@ import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
+from redis.asyncio import Redis
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence import accounts
 from persistence.models import User as UserRow
+from persistence.writer import OutboxWriter
 from sales.vocabulary import Role
 from tests.api_support import (
     RunningApi,
@@ -110,6 +112,13 @@ async def untouched_event(db: AsyncEngine, inproc: RunningApi) -> dict[str, Any]
     """Like ``event``, shared by a module's refusal tests, each of which
     checks that it changed nothing (a new event costs a new actor process)."""
     return await on_sale_event(inproc.http, await minted(db, inproc, Role.ORGANIZER))
+
+
+@pytest.fixture
+def written(redis: Redis, db: AsyncEngine) -> Callable[[], Awaitable[int]]:
+    """Runs the write-behind now (the in-process app has no writer beside
+    it): what the engine has recorded reaches Postgres."""
+    return OutboxWriter(redis, db).drain
 
 
 # ---------------------------------------------------------------- helpers

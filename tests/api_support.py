@@ -62,6 +62,7 @@ class RunningApi:
     data_dir: Path
     app: FastAPI | None = None  # when it runs in this process
     log: Path | None = None  # a subprocess's output
+    env: dict[str, str] = field(default_factory=dict)  # a subprocess's environment
 
     def token(self, user_id: uuid.UUID, role: Role = Role.CUSTOMER, ttl_s: int = 3600) -> str:
         return issue_access_token(self.jwt_secret, user_id, role, ttl_s)
@@ -76,6 +77,7 @@ class Served:
 
     workers: int = 2
     writer: bool = False
+    reconcile: bool = False  # `onsale reconcile` beside it (needs Stripe settings)
     port: int | None = None  # None: a free one
     env: dict[str, str] = field(default_factory=dict)  # beside (or instead of) os.environ
     inherit_env: bool = True
@@ -166,6 +168,8 @@ async def _subprocess(
         commands = [[ONSALE, "serve", "--workers", str(served.workers)]]
         if served.writer:  # confirmed sales reach Postgres, as under `onsale up`
             commands.append([ONSALE, "writer"])
+        if served.reconcile:
+            commands.append([ONSALE, "reconcile"])
         base_url = f"http://127.0.0.1:{port}"
         try:
             for command in commands:
@@ -184,7 +188,7 @@ async def _subprocess(
                         return False
 
                 await wait_for(ready, 120, "onsale serve to be ready")
-                yield RunningApi(base_url, http, secret, data_dir, log=log_path)
+                yield RunningApi(base_url, http, secret, data_dir, log=log_path, env=env)
         finally:
             for process in reversed(processes):
                 if process.returncode is None:

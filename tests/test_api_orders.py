@@ -5,6 +5,7 @@ cancelled meanwhile."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,7 +24,11 @@ from tests.api_support import (
 
 
 async def test_order_retried_with_the_same_key_is_created_once(
-    http: httpx.AsyncClient, buyer: User, event: dict[str, Any], database_url: str
+    http: httpx.AsyncClient,
+    buyer: User,
+    event: dict[str, Any],
+    database_url: str,
+    written: Callable[[], Awaitable[int]],
 ) -> None:
     placed = await held(http, buyer, event["id"], seats=["A-1-1"])
     key = uuid.uuid4().hex
@@ -35,6 +40,7 @@ async def test_order_retried_with_the_same_key_is_created_once(
     assert second.json()["order_id"] == first.json()["order_id"]
     other_hold = await held(http, buyer, event["id"], seats=["A-1-2"])
     problem(await order(http, buyer, other_hold["hold_id"], key), 422, "idempotency_key_reused")
+    await written()
     rows = await sql_rows(
         database_url,
         "SELECT id FROM orders WHERE hold_id = ANY($1::text[])",
@@ -47,7 +53,11 @@ async def test_order_retried_with_the_same_key_is_created_once(
 
 
 async def test_order_for_a_hold_awaits_payment(
-    http: httpx.AsyncClient, buyer: User, event: dict[str, Any], database_url: str
+    http: httpx.AsyncClient,
+    buyer: User,
+    event: dict[str, Any],
+    database_url: str,
+    written: Callable[[], Awaitable[int]],
 ) -> None:
     placed = await held(http, buyer, event["id"], seats=["A-1-1", "A-1-2"])
     ga = await held(http, buyer, event["id"], section="FLOOR", quantity=3)
@@ -75,6 +85,7 @@ async def test_order_for_a_hold_awaits_payment(
     ]
     assert r.json()["amount_cents"] == 9000
 
+    await written()
     rows = await sql_rows(
         database_url,
         "SELECT status, customer_id, hold_id, amount_cents, currency, event_id"
@@ -95,13 +106,18 @@ async def test_order_for_a_hold_awaits_payment(
 
 
 async def test_second_order_for_the_same_hold_conflicts(
-    http: httpx.AsyncClient, buyer: User, event: dict[str, Any], database_url: str
+    http: httpx.AsyncClient,
+    buyer: User,
+    event: dict[str, Any],
+    database_url: str,
+    written: Callable[[], Awaitable[int]],
 ) -> None:
     placed = await held(http, buyer, event["id"], section="FLOOR", quantity=1)
     first = await order(http, buyer, placed["hold_id"])
     assert first.status_code == 201, first.text
     body = problem(await order(http, buyer, placed["hold_id"]), 409, "order_exists")
     assert body["order_id"] == first.json()["order_id"]
+    await written()
     rows = await sql_rows(
         database_url, "SELECT id FROM orders WHERE hold_id = $1", placed["hold_id"]
     )
@@ -109,11 +125,17 @@ async def test_second_order_for_the_same_hold_conflicts(
 
 
 async def test_order_for_someone_elses_hold_is_not_found(
-    http: httpx.AsyncClient, buyer: User, other: User, event: dict[str, Any], database_url: str
+    http: httpx.AsyncClient,
+    buyer: User,
+    other: User,
+    event: dict[str, Any],
+    database_url: str,
+    written: Callable[[], Awaitable[int]],
 ) -> None:
     placed = await held(http, buyer, event["id"], seats=["A-1-1"])
     problem(await order(http, other, placed["hold_id"]), 404, "not_found")
     problem(await order(http, other, "hl_missing.ev_nothing"), 404, "not_found")
+    await written()
     rows = await sql_rows(
         database_url, "SELECT id FROM orders WHERE hold_id = $1", placed["hold_id"]
     )
@@ -125,12 +147,17 @@ async def test_order_for_someone_elses_hold_is_not_found(
 
 
 async def test_order_for_a_released_hold_is_gone(
-    http: httpx.AsyncClient, buyer: User, event: dict[str, Any], database_url: str
+    http: httpx.AsyncClient,
+    buyer: User,
+    event: dict[str, Any],
+    database_url: str,
+    written: Callable[[], Awaitable[int]],
 ) -> None:
     placed = await held(http, buyer, event["id"], seats=["A-1-1"])
     r = await http.delete(f"/holds/{placed['hold_id']}", headers=buyer.auth)
     assert r.status_code == 204
     problem(await order(http, buyer, placed["hold_id"]), 410, "hold_expired")
+    await written()
     rows = await sql_rows(
         database_url, "SELECT id FROM orders WHERE hold_id = $1", placed["hold_id"]
     )
@@ -187,6 +214,7 @@ async def test_no_order_for_a_hold_on_a_cancelled_event(
     buyer: User,
     event: dict[str, Any],
     database_url: str,
+    written: Callable[[], Awaitable[int]],
 ) -> None:
     """Cancelling stops new sales: a hold placed before may not be checked out."""
     placed = await held(http, buyer, event["id"], seats=["A-1-1"])
@@ -195,6 +223,7 @@ async def test_no_order_for_a_hold_on_a_cancelled_event(
     r = await order(http, buyer, placed["hold_id"])
     assert r.status_code == 409, r.text
     assert r.json()["code"] in ("event_ended", "event_not_on_sale"), r.json()
+    await written()
     rows = await sql_rows(
         database_url, "SELECT id FROM orders WHERE hold_id = $1", placed["hold_id"]
     )

@@ -27,12 +27,13 @@ from persistence import orders as order_store
 from persistence.events import EventDraft, EventRecord, SectionSpec, get_event
 from persistence.rebuild import PostgresRestore
 from persistence.writer import OutboxWriter
-from sales import catalog, checkin, holds, refunds, settlement, tickets
+from sales import catalog, checkin, holds, refunds, tickets
 from sales.access import Principal
 from sales.checkout import Checkout, checkout
 from sales.errors import SaleRefused
 from sales.orders import order_for
 from sales.payments import Payments
+from sales.settlement import Settlement
 from sales.testmode import EmbeddedStripe, pay_with_card, sandbox_key, stripe_client
 from sales.ticketing import TicketSigner
 from sales.vocabulary import HoldStatus, OrderStatus, Role, SectionKind, TicketStatus
@@ -60,7 +61,9 @@ class Sale:
         self, db: AsyncEngine, engine: EngineClient, payments: Payments, stripe: Any, redis: Any
     ) -> None:
         self.db, self.engine, self.payments, self.stripe = db, engine, payments, stripe
+        self.redis = redis
         self.events = Events(db)
+        self.settlement = Settlement(db, engine, self.events, redis, payments)
         self.writer = OutboxWriter(redis, db)
         self.signer = TicketSigner.from_settings(None, Path(f"/tmp/onsale-signer-{uuid.uuid4()}"))
 
@@ -75,9 +78,9 @@ class Sale:
         hold_id = holds.new_hold_id(event.id, buyer, None)
         await holds.place(self.engine, event, buyer, hold_id, seats=seats)
         return await checkout(
-            self.db,
             self.engine,
             self.events,
+            self.redis,
             self.payments,
             hold_id=hold_id,
             user=buyer,
@@ -97,6 +100,21 @@ class Sale:
 
         [event] = await asyncio.to_thread(find)
         return dict(event.to_dict())
+
+    async def tickets(self, order_id: str, user: Principal) -> Any:
+        return await tickets.tickets_of_order(
+            self.db, self.engine, self.events, self.signer, order_id, user
+        )
+
+    async def refund(self, order_id: str, user: Principal) -> Any:
+        return await refunds.refund_order(
+            self.db, self.engine, self.events, self.payments, order_id, user
+        )
+
+    async def check_in(self, event_id: str, token: str, user: Principal) -> Any:
+        return await checkin.check_in(
+            self.db, self.engine, self.events, self.signer, event_id, token, user
+        )
 
     async def refunded_at_stripe(self, intent_id: str) -> bool:
         """The payment's charge, as Stripe has it now, is refunded in full."""
@@ -161,22 +179,20 @@ async def test_a_paid_order_is_sold_once_recorded_ticketed_and_refunded(sale: Sa
     assert done.intent is not None
     stripe_event = await sale.pay(done.intent.id)
 
-    assert await settlement.handle_stripe_event(sale.db, sale.engine, sale.payments, stripe_event)
+    assert await sale.settlement.handle(stripe_event)
     # Redelivered: recognised, nothing sold twice.
-    assert not await settlement.handle_stripe_event(
-        sale.db, sale.engine, sale.payments, stripe_event
-    )
+    assert not await sale.settlement.handle(stripe_event)
     assert await sale.seats(event.id) == {"A-1-1": "sold", "A-1-2": "sold"}
     paid = await sale.recorded(done.order.id)
     assert paid.status is OrderStatus.PAID
     assert sorted(t.seat_id or "" for t in paid.tickets) == ["A-1-1", "A-1-2"]
 
-    order, issued = await tickets.tickets_of_order(sale.db, sale.signer, paid.id, buyer)
+    order, issued = await sale.tickets(paid.id, buyer)
     for each in issued:
         assert each.token is not None
         assert sale.signer.verify(each.token, event.id).ticket_id == str(each.ticket.id)
 
-    refund = await refunds.refund_order(sale.db, sale.engine, sale.payments, order.id, buyer)
+    refund = await sale.refund(order.id, buyer)
     assert refund.provider_status == "succeeded"
     assert await sale.seats(event.id) == {}  # back on sale at once
     refunded = await sale.recorded(order.id)
@@ -202,7 +218,7 @@ async def test_a_payment_after_the_hold_lapsed_buys_the_same_seats_if_still_free
     assert done.intent is not None
     await _lapsed(sale, event.id, done.order.hold_id)
     stripe_event = await sale.pay(done.intent.id)
-    await settlement.handle_stripe_event(sale.db, sale.engine, sale.payments, stripe_event)
+    await sale.settlement.handle(stripe_event)
     assert await sale.seats(event.id) == {"A-2-1": "sold"}
     assert (await sale.recorded(done.order.id)).status is OrderStatus.PAID
 
@@ -218,7 +234,7 @@ async def test_a_payment_for_seats_resold_meanwhile_is_refunded_and_sells_nothin
     await holds.place(sale.engine, event, quick, holds.new_hold_id(event.id, quick, None),
                       seats=["A-2-2"])  # fmt: skip
     stripe_event = await sale.pay(done.intent.id)
-    await settlement.handle_stripe_event(sale.db, sale.engine, sale.payments, stripe_event)
+    await sale.settlement.handle(stripe_event)
     assert await sale.seats(event.id) == {"A-2-2": "held"}  # still the quick buyer's
     order = await sale.recorded(done.order.id)
     assert (order.status, order.status_reason) == (OrderStatus.REFUNDED, "seats_resold")
@@ -237,18 +253,18 @@ async def test_check_in_admits_a_ticket_once_and_only_for_the_events_managers(
     done = await sale.checkout(event, buyer, ["A-1-5"])
     assert done.intent is not None
     stripe_event = await sale.pay(done.intent.id)
-    await settlement.handle_stripe_event(sale.db, sale.engine, sale.payments, stripe_event)
+    await sale.settlement.handle(stripe_event)
     await sale.recorded(done.order.id)
-    _, [issued] = await tickets.tickets_of_order(sale.db, sale.signer, done.order.id, buyer)
+    _, [issued] = await sale.tickets(done.order.id, buyer)
     assert issued.token is not None
 
     with pytest.raises(SaleRefused) as refused:
-        await checkin.check_in(sale.db, sale.signer, event.id, issued.token, buyer)
+        await sale.check_in(event.id, issued.token, buyer)
     assert refused.value.code == "forbidden"
-    admitted = await checkin.check_in(sale.db, sale.signer, event.id, issued.token, door)
+    admitted = await sale.check_in(event.id, issued.token, door)
     assert (admitted.ticket_id, admitted.seat) == (issued.ticket.id, "A-1-5")
     with pytest.raises(SaleRefused) as again:
-        await checkin.check_in(sale.db, sale.signer, event.id, issued.token, door)
+        await sale.check_in(event.id, issued.token, door)
     assert again.value.code == "already_checked_in"
     assert again.value.context["checked_in_at"].startswith(str(admitted.checked_in_at.year))
     tally = await checkin.tally(sale.db, event.id, door)
@@ -262,10 +278,10 @@ async def test_someone_elses_order_hold_and_ticket_do_not_exist_for_a_customer(
     buyer, stranger = customer(), customer()
     done = await sale.checkout(event, buyer, ["A-1-3"])
     for attempt in (
-        order_for(sale.db, done.order.id, stranger),
+        order_for(sale.db, sale.engine, sale.events, done.order.id, stranger),
         holds.own_hold(sale.events, sale.engine, done.order.hold_id, stranger),
         holds.release(sale.events, sale.engine, done.order.hold_id, stranger),
-        refunds.refund_order(sale.db, sale.engine, sale.payments, done.order.id, stranger),
+        sale.refund(done.order.id, stranger),
     ):
         with pytest.raises(SaleRefused) as refused:
             await attempt

@@ -11,6 +11,7 @@ from api.deps import (
     Customer,
     DbDep,
     EngineDep,
+    EventsDep,
     IdempotencyKey,
     PaymentsDep,
     RedisDep,
@@ -81,9 +82,9 @@ async def create_order(
 
     async def handler() -> tuple[int, Any]:
         done = await checkout(
-            db,
             state.engine,
             state.event_cache,
+            state.redis,
             state.payments,
             hold_id=body.hold_id,
             user=user,
@@ -109,11 +110,16 @@ async def create_order(
     responses=problem_responses(401, 404, 409, 503),
 )
 async def refund_order(
-    order_id: str, user: CurrentUser, db: DbDep, engine: EngineDep, payments: PaymentsDep
+    order_id: str,
+    user: CurrentUser,
+    db: DbDep,
+    engine: EngineDep,
+    events: EventsDep,
+    payments: PaymentsDep,
 ) -> RefundOut:
     """Refunds a paid order through Stripe; once the refund succeeds the seats
     go back on sale and the order becomes ``refunded`` (written behind)."""
-    done = await refunds.refund_order(db, engine, payments, order_id, user)
+    done = await refunds.refund_order(db, engine, events, payments, order_id, user)
     return RefundOut(
         order_id=done.order_id,
         status="refunded" if done.done else "refund_pending",
@@ -122,16 +128,23 @@ async def refund_order(
 
 
 @router.get("", responses=problem_responses(401))
-async def my_orders(user: CurrentUser, db: DbDep) -> OrderList:
-    """Your orders, newest first."""
-    return OrderList(items=[order_out(o) for o in await orders.my_orders(db, user)])
+async def my_orders(
+    user: CurrentUser, db: DbDep, engine: EngineDep, events: EventsDep, redis: RedisDep
+) -> OrderList:
+    """Your orders, newest first (a paid order reads paid at once)."""
+    mine = await orders.my_orders(db, engine, events, redis, user)
+    return OrderList(items=[order_out(o) for o in mine])
 
 
 @router.get("/{order_id}", responses=problem_responses(401, 404))
-async def get_order(order_id: str, user: CurrentUser, db: DbDep) -> OrderOut:
-    """An order, to its buyer, the event's organizer and admins."""
-    order, payment = await orders.order_with_payment(db, order_id, user)
+async def get_order(
+    order_id: str, user: CurrentUser, db: DbDep, engine: EngineDep, events: EventsDep
+) -> OrderOut:
+    """An order, to its buyer, the event's organizer and admins: the engine's
+    word while it knows the order (a paid order reads paid at once), then
+    Postgres's."""
+    order, intent_id = await orders.order_with_payment(db, engine, events, order_id, user)
     out = order_out(order)
-    if payment is not None:  # the client secret only comes with POST /orders
-        out.payment = PaymentOut(provider="stripe", payment_intent_id=payment.payment_intent_id)
+    if intent_id is not None:  # the client secret only comes with POST /orders
+        out.payment = PaymentOut(provider="stripe", payment_intent_id=intent_id)
     return out

@@ -10,7 +10,7 @@ from typing import Literal
 import segno
 from fastapi import APIRouter, Response
 
-from api.deps import CurrentUser, DbDep, SignerDep
+from api.deps import CurrentUser, DbDep, EngineDep, EventsDep, SignerDep
 from api.schemas import (
     CheckInIn,
     CheckInOut,
@@ -30,11 +30,16 @@ QR_MEDIA = {"svg": "image/svg+xml", "png": "image/png"}
 
 @router.get("/orders/{order_id}/tickets", responses=problem_responses(401, 404))
 async def order_tickets(
-    order_id: str, user: CurrentUser, db: DbDep, signer: SignerDep
+    order_id: str,
+    user: CurrentUser,
+    db: DbDep,
+    engine: EngineDep,
+    events: EventsDep,
+    signer: SignerDep,
 ) -> TicketList:
     """One ticket per seat or GA place once the order is paid, each with the
     signed token its QR code carries; a refunded order's tickets are revoked."""
-    order, issued = await tickets.tickets_of_order(db, signer, order_id, user)
+    order, issued = await tickets.tickets_of_order(db, engine, events, signer, order_id, user)
     return TicketList(
         order_id=order.id,
         order_status=order.status,
@@ -94,11 +99,17 @@ async def ticket_key(event_id: str, db: DbDep, signer: SignerDep) -> TicketKeyOu
     "/events/{event_id}/checkins", responses=problem_responses(400, 401, 403, 404, 409, 422)
 )
 async def check_in(
-    event_id: str, body: CheckInIn, user: CurrentUser, db: DbDep, signer: SignerDep
+    event_id: str,
+    body: CheckInIn,
+    user: CurrentUser,
+    db: DbDep,
+    engine: EngineDep,
+    events: EventsDep,
+    signer: SignerDep,
 ) -> CheckInOut:
     """Admits a ticket once: its signature and event are verified, a revoked
     ticket is refused, and a second scan answers 409 with the first's time."""
-    admitted = await checkin.check_in(db, signer, event_id, body.token, user)
+    admitted = await checkin.check_in(db, engine, events, signer, event_id, body.token, user)
     return CheckInOut(
         ticket_id=admitted.ticket_id,
         section=admitted.section,
