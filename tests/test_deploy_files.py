@@ -43,6 +43,7 @@ def test_compose_runs_a_writer_and_keeps_the_generated_keys_on_a_volume() -> Non
     redeploy would forget the key every issued ticket is signed with."""
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     assert services["writer"]["command"] == ["onsale", "writer"]
+    assert services["reconcile"]["command"] == ["onsale", "reconcile"]
     for name in ("api", "writer"):
         data_dir = services[name]["environment"]["ONSALE_DATA_DIR"]
         assert any(v.endswith(f":{data_dir}") for v in services[name]["volumes"])

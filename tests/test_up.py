@@ -64,6 +64,7 @@ def test_onsale_up_serves_health_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> 
         names = " ".join(" ".join(p.cmdline()) for p in tree if p.is_running())
         assert "valkey-server" in names and "postgres" in names and "raylet" in names
         assert "sales.testmode" in names  # payments in test mode, offline
+        assert "api.cli writer" in names and "api.cli reconcile" in names
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
         banner = proc.stdout.read().decode() if proc.stdout else ""
