@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from api import errors
 from api.event_cache import EventCache, Rendered
 from api.live import LiveHub
-from api.observability import RequestMiddleware, configure_logging, observe_batch
+from api.observability import HotRoute, RequestMiddleware, configure_logging, observe_batch
 from api.ratelimit import RateLimiter
 from api.routers import admin, auth, events, health, holds, live, orders, tickets, webhooks
 from api.settings import Settings, get_settings
@@ -124,7 +124,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (holds, health, events, orders, tickets, auth, admin, webhooks, live):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(packages=[("api", "static")]), name="static")
-    app.add_middleware(RequestMiddleware, max_body_bytes=settings.max_body_bytes)
+    hot = [HotRoute("POST", holds.HOLD_PATH, holds.HOLD_ROUTE, holds.place_hold_asgi)]
+    app.add_middleware(RequestMiddleware, max_body_bytes=settings.max_body_bytes, hot=hot)
     document_bearer_auth(app)
     return app
 

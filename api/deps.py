@@ -62,12 +62,9 @@ PaymentsDep = Annotated[Payments | None, Depends(_payments)]
 SignerDep = Annotated[TicketSigner, Depends(_signer)]
 
 
-async def _principal(request: Request) -> Principal:
-    """The caller, from ``Authorization: Bearer <access token>``. Read straight
-    from the header (no HTTPBearer sub-dependency: each level of dependency
-    costs the hold path time); /docs learns of the scheme from
-    :func:`api.app.document_bearer_auth`."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+def principal_of(authorization: str, jwt_secret: str) -> Principal:
+    """The caller, from an ``Authorization: Bearer <access token>`` header."""
+    scheme, _, token = authorization.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise ApiError(
@@ -76,9 +73,16 @@ async def _principal(request: Request) -> Principal:
             headers={"WWW-Authenticate": "Bearer"},
         )
     try:
-        principal = read_access_token(request.app.state.jwt_secret, token)
+        return read_access_token(jwt_secret, token)
     except InvalidToken as exc:
         raise ApiError("invalid_token", str(exc), headers={"WWW-Authenticate": "Bearer"}) from exc
+
+
+async def _principal(request: Request) -> Principal:
+    """The caller. Read straight from the header (no HTTPBearer sub-dependency:
+    each level of dependency costs time); /docs learns of the scheme from
+    :func:`api.app.document_bearer_auth`."""
+    principal = principal_of(request.headers.get("authorization", ""), request.app.state.jwt_secret)
     request.state.principal = principal  # for rate limits and logs
     return principal
 
@@ -128,7 +132,10 @@ _M = TypeVar("_M", bound=BaseModel)
 
 async def parse_body(request: Request, model: type[_M]) -> _M:
     """The JSON body as ``model``, with FastAPI's own error shape on failure."""
-    raw = await request.body()
+    return parse_json(await request.body(), model)
+
+
+def parse_json(raw: bytes, model: type[_M]) -> _M:
     if not raw.strip():  # what FastAPI answers for a required body that is absent
         raise RequestValidationError(
             [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]

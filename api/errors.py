@@ -136,6 +136,36 @@ def from_sale(exc: SaleRefused) -> ApiError:
     return ApiError(exc.code, exc.detail, **exc.context)
 
 
+def from_validation(exc: RequestValidationError) -> ApiError:
+    errors = [
+        {
+            "field": ".".join(str(p) for p in err.get("loc", ()) if p != "body"),
+            "message": err.get("msg", ""),
+            "type": err.get("type", ""),
+        }
+        for err in exc.errors()
+    ]
+    if any(e["type"] == "json_invalid" for e in errors):
+        return ApiError("invalid_json", errors=errors)
+    return ApiError("validation_error", errors=errors)
+
+
+def as_problem(exc: Exception) -> ApiError:
+    """Any exception as the problem the handlers below would answer with (for
+    the hold route's lean path, which runs outside FastAPI's handlers)."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, EngineError):
+        return from_engine(exc)
+    if isinstance(exc, SaleRefused):
+        return from_sale(exc)
+    if isinstance(exc, RequestValidationError):
+        return from_validation(exc)
+    if isinstance(exc, StarletteHTTPException) and exc.status_code == 413:
+        return ApiError("body_too_large", str(exc.detail))
+    return unavailable(exc) or ApiError("internal_error")
+
+
 _HTTP_CODES = {
     400: "invalid_request",
     401: "invalid_token",
@@ -161,17 +191,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {
-                "field": ".".join(str(p) for p in err.get("loc", ()) if p != "body"),
-                "message": err.get("msg", ""),
-                "type": err.get("type", ""),
-            }
-            for err in exc.errors()
-        ]
-        if any(e["type"] == "json_invalid" for e in errors):
-            return ApiError("invalid_json", errors=errors).response()
-        return ApiError("validation_error", errors=errors).response()
+        return from_validation(exc).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -9,9 +9,12 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
+import re
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import (
@@ -111,13 +114,24 @@ def configure_logging(level: str = "INFO") -> None:
     root.setLevel(level.upper())
 
 
+@dataclass(frozen=True)
+class HotRoute:
+    method: str
+    pattern: re.Pattern[str]
+    path: str  # the route's template, for metrics and logs
+    handler: Callable[..., Awaitable[None]]  # (scope, receive, send, *path groups)
+
+
 class RequestMiddleware:
     """Request id in and out (``X-Request-ID``), body-size limit, latency
     metric and one access-log line per request."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, hot: Sequence[HotRoute] = ()) -> None:
+        """``hot``: routes answered here, ahead of the app's routing and its
+        middleware, by an ASGI handler of their own (the hold route)."""
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.hot = tuple(hot)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -138,10 +152,15 @@ class RequestMiddleware:
 
         try:
             refusal = self._too_large(headers) or await _over_global_limit(scope)
+            limited = _limited(receive, self.max_body_bytes)
             if refusal is not None:
                 await refusal(scope, receive, send_with_id)
+            elif (hot := self._hot(scope)) is not None:
+                hot_route, match = hot
+                scope["route"] = hot_route
+                await hot_route.handler(scope, limited, send_with_id, *match.groups())
             else:
-                await self.app(scope, _limited(receive, self.max_body_bytes), send_with_id)
+                await self.app(scope, limited, send_with_id)
         finally:
             seconds = time.perf_counter() - began
             route = scope.get("route")
@@ -160,6 +179,12 @@ class RequestMiddleware:
                     },
                 )
             request_id.reset(token)
+
+    def _hot(self, scope: Scope) -> tuple[HotRoute, re.Match[str]] | None:
+        for route in self.hot:
+            if scope["method"] == route.method and (match := route.pattern.match(scope["path"])):
+                return route, match
+        return None
 
     def _too_large(self, headers: dict[bytes, bytes]) -> Any:
         length = headers.get(b"content-length")

@@ -78,24 +78,52 @@ class Target:
     path: str
     body: bytes
     headers: dict[str, str]
+    tokens: tuple[str, ...] = ()  # bearer tokens, taken in turn (the buyers)
+    keyed: bool = False  # a fresh Idempotency-Key on every request, as clients send
+
+    def headers_for(self, n: int, prefix: str) -> dict[str, str]:
+        headers = dict(self.headers)
+        if self.tokens:
+            headers["Authorization"] = f"Bearer {self.tokens[n % len(self.tokens)]}"
+        if self.keyed:
+            headers["Idempotency-Key"] = f"{prefix}-{n}"
+        return headers
 
 
 # ---------------------------------------------------------------- load generators
 
 WRK_SCRIPT = """
-wrk.method = "{method}"
-wrk.body = '{body}'
+local tokens = {{{tokens}}}
+local keyed = {keyed}
+local n, prefix = 0, ""
+function init(args)
+  math.randomseed(os.time() + math.floor(os.clock() * 1e6))
+  prefix = string.format("%08x%08x", math.random(0, 0x7fffffff), math.random(0, 0x7fffffff))
+end
+function request()
+  n = n + 1
+  local headers = {{}}
 {headers}
+  if #tokens > 0 then headers["Authorization"] = "Bearer " .. tokens[n % #tokens + 1] end
+  if keyed then headers["Idempotency-Key"] = prefix .. "-" .. n end
+  return wrk.format("{method}", nil, headers, '{body}')
+end
 """
 
 
 def run_wrk(
     base: str, target: Target, connections: int, seconds: float, threads: int
 ) -> tuple[int, float, int, float, float]:
-    headers = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in target.headers.items())
+    headers = "\n".join(f'  headers["{k}"] = "{v}"' for k, v in target.headers.items())
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(
-            WRK_SCRIPT.format(method=target.method, body=target.body.decode(), headers=headers)
+            WRK_SCRIPT.format(
+                method=target.method,
+                body=target.body.decode(),
+                headers=headers,
+                tokens=", ".join(f'"{t}"' for t in target.tokens),
+                keyed="true" if target.keyed else "false",
+            )
         )
     try:
         out = subprocess.run(
@@ -132,10 +160,13 @@ async def run_asyncio(
     """Keep-alive HTTP/1.1 over raw asyncio streams: no client library in
     the way, so the server is what is measured (slower than wrk)."""
     host, port = base.removeprefix("http://").split(":")
-    head = f"{target.method} {target.path} HTTP/1.1\r\nHost: {host}\r\n" + "".join(
-        f"{k}: {v}\r\n" for k, v in target.headers.items()
-    )
-    request = (head + f"Content-Length: {len(target.body)}\r\n\r\n").encode() + target.body
+
+    def request(n: int, prefix: str) -> bytes:
+        head = f"{target.method} {target.path} HTTP/1.1\r\nHost: {host}\r\n" + "".join(
+            f"{k}: {v}\r\n" for k, v in target.headers_for(n, prefix).items()
+        )
+        return (head + f"Content-Length: {len(target.body)}\r\n\r\n").encode() + target.body
+
     latencies: list[float] = []
     failures = 0
     deadline = time.perf_counter() + seconds
@@ -143,10 +174,12 @@ async def run_asyncio(
     async def connection() -> None:
         nonlocal failures
         reader, writer = await asyncio.open_connection(host, int(port))
+        prefix, n = uuid.uuid4().hex[:16], 0
         try:
             while time.perf_counter() < deadline:
                 began = time.perf_counter()
-                writer.write(request)
+                n += 1
+                writer.write(request(n, prefix))
                 status_line = await reader.readline()
                 length = 0
                 while (line := await reader.readline()) not in (b"\r\n", b""):
@@ -253,13 +286,16 @@ def bench(
     secret = secrets.token_urlsafe(32)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    token = issue_access_token(secret, uuid.uuid4(), Role.CUSTOMER, 3600)
-    auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    tokens = tuple(
+        issue_access_token(secret, uuid.uuid4(), Role.CUSTOMER, 3600) for _ in range(cfg.buyers)
+    )
+    json_body = {"Content-Type": "application/json"}
     body = json.dumps({"section": "GA", "quantity": 1}).encode()
+    keyed = not cfg.no_idempotency_key
     targets = {
         "healthz": Target("GET", "/healthz", b"", {}),
-        "holds": Target("POST", f"/events/{event_id}/holds", body, auth),
-        "baseline": Target("POST", "/bench/pg-holds", body, auth),
+        "holds": Target("POST", f"/events/{event_id}/holds", body, json_body, tokens, keyed),
+        "baseline": Target("POST", "/bench/pg-holds", body, json_body, tokens, keyed),
     }
     use_wrk = cfg.tool == "wrk" or (cfg.tool == "auto" and shutil.which("wrk"))
     server = start_server(port, cfg.workers, secret, run_id, data_dir)
@@ -354,6 +390,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--tool", choices=["auto", "wrk", "asyncio"], default="auto")
     parser.add_argument("--wrk-threads", type=int, default=2)
+    parser.add_argument("--buyers", type=int, default=20, help="tokens the holds take in turn")
+    parser.add_argument(
+        "--no-idempotency-key",
+        action="store_true",
+        help="send holds without a fresh Idempotency-Key each (as the figures before did)",
+    )
     parser.add_argument("--json", type=Path, help="write every run's figures here")
     cfg = parser.parse_args(argv)
     tool = (

@@ -185,8 +185,12 @@ class EngineClient:
         *,
         ttl_s: float,
         hold_id: str | None = None,
+        fingerprint: str = "",
     ) -> HoldPlaced:
-        command = HoldSeats(hold_id or new_id(), customer_id, tuple(seats), _ms(ttl_s))
+        """``fingerprint``: the request's, when it came with an Idempotency-Key;
+        the engine then refuses the hold id for another request and replays
+        a refusal to a retry."""
+        command = HoldSeats(hold_id or new_id(), customer_id, tuple(seats), _ms(ttl_s), fingerprint)
         return _expect(await self.submit(event_id, command), HoldPlaced)
 
     async def hold_quantity(
@@ -198,8 +202,11 @@ class EngineClient:
         *,
         ttl_s: float,
         hold_id: str | None = None,
+        fingerprint: str = "",
     ) -> HoldPlaced:
-        command = HoldQuantity(hold_id or new_id(), customer_id, section, quantity, _ms(ttl_s))
+        command = HoldQuantity(
+            hold_id or new_id(), customer_id, section, quantity, _ms(ttl_s), fingerprint
+        )
         return _expect(await self.submit(event_id, command), HoldPlaced)
 
     async def release(self, event_id: str, hold_id: str, customer_id: str = "") -> HoldReleased:

@@ -66,6 +66,11 @@ class AlreadyConfirmed(EngineError):
     title = "The hold was already confirmed as another order"
 
 
+class IdempotencyKeyReused(EngineError):
+    code = "idempotency_key_reused"
+    title = "This Idempotency-Key was used for a different request"
+
+
 class OrderExists(EngineError):
     code = "order_exists"
     title = "An order for this hold exists"

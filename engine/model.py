@@ -42,6 +42,7 @@ class HoldStatus(StrEnum):
     EXPIRED = "expired"
     CONFIRMED = "confirmed"
     REFUNDED = "refunded"
+    REFUSED = "refused"  # no hold: a remembered refusal, for a retry's answer
 
 
 class SeatStatus(StrEnum):
@@ -126,15 +127,19 @@ class HoldSeats:
     customer_id: str
     seats: tuple[str, ...]
     ttl_ms: int
+    fingerprint: str = ""  # of the request, when it came with an Idempotency-Key
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire: dict[str, Any] = {
             "op": "hold",
             "hold_id": self.hold_id,
             "customer_id": self.customer_id,
             "seats": list(self.seats),
             "ttl_ms": self.ttl_ms,
         }
+        if self.fingerprint:
+            wire["fp"] = self.fingerprint
+        return wire
 
 
 @dataclass(frozen=True)
@@ -144,9 +149,10 @@ class HoldQuantity:
     section: str
     quantity: int
     ttl_ms: int
+    fingerprint: str = ""
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire: dict[str, Any] = {
             "op": "hold",
             "hold_id": self.hold_id,
             "customer_id": self.customer_id,
@@ -154,6 +160,9 @@ class HoldQuantity:
             "quantity": self.quantity,
             "ttl_ms": self.ttl_ms,
         }
+        if self.fingerprint:
+            wire["fp"] = self.fingerprint
+        return wire
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@
 --                                 "<code>:cap", "<code>:held", "<code>:sold"
 --   4 {ev:<id>}:holds      hash   hold id -> JSON {c, q, e, st, seats? | sec?, o?, ca?, ra?,
 --                                 ord?} (st: held | released | expired | confirmed |
---                                 refunded; ca/ra: when sold/refunded, in ms; ord: the
+--                                 refunded | refused: a remembered refusal, fp, r;
+--                                 ca/ra: when sold/refunded, in ms; ord: the
 --                                 order placed on the hold, see op_order);
 --                                 "refund:<order id>" -> refund time (ms), kept for good
 --   5 {ev:<id>}:expiries   zset   "h:<hold id>" scored by expiry (ms),
@@ -21,7 +22,10 @@
 --                                 (order_refunded), read by the Postgres writer
 --
 -- Operations (OPERATIONS, applied by run(); one JSON object each):
---   hold     {hold_id, customer_id, ttl_ms, seats | section + quantity}
+--   hold     {hold_id, customer_id, ttl_ms, seats | section + quantity, fp?}
+--            fp: the request's fingerprint (Idempotency-Key): a hold id seen
+--            with another fp fails idempotency_key_reused, and a refusal is
+--            remembered (st = refused) and replayed to a retry
 --   release  {hold_id, customer_id?}
 --   confirm  {hold_id, order_id, meta?} sells a live hold; outbox order_confirmed.
 --            With late=true (a payment that came after the hold lapsed): if the
@@ -360,12 +364,20 @@ local function unavailable_seats(seats)
   return unavailable
 end
 
-local function op_hold(op)
+local function place_hold(op)
   local status = meta_field('status')
   if not status then return fail('event_not_found') end
   local existing = type(op.hold_id) == 'string' and get_hold(op.hold_id)
   if existing then
     if existing.c ~= op.customer_id then return fail('hold_id_conflict') end
+    if op.fp and existing.fp and op.fp ~= existing.fp then
+      return fail('idempotency_key_reused')
+    end
+    if existing.st == 'refused' then
+      local answer = existing.r
+      answer.replayed = true
+      return answer
+    end
     if is_live(existing) or existing.st == 'confirmed' then
       return hold_result(op.hold_id, existing, true)
     end
@@ -409,7 +421,7 @@ local function op_hold(op)
   end
 
   local rec = {c = op.customer_id, q = quantity, e = NOW + op.ttl_ms, st = 'held',
-               seats = op.seats, sec = op.section}
+               seats = op.seats, sec = op.section, fp = op.fp}
   put_hold(op.hold_id, rec)
   redis.call('ZADD', K_EXPIRIES, rec.e, 'h:' .. op.hold_id)
   redis.call('HINCRBY', K_CUSTOMERS, op.customer_id .. ':held', quantity)
@@ -433,6 +445,23 @@ local function op_release(op)
   local new_status = rec.e > NOW and 'released' or 'expired'
   end_hold(op.hold_id, rec, new_status)
   return {ok = true, hold_id = op.hold_id, released = new_status == 'released', status = new_status}
+end
+
+-- Refusals that depend on the moment: a retry with the same Idempotency-Key
+-- (the same hold id and body fingerprint) gets the same answer, even once the
+-- seats are free, for as long as a hold's record is kept.
+local REMEMBERED = {seats_unavailable = true, sold_out = true, customer_limit = true,
+                    event_not_on_sale = true}
+
+local function op_hold(op)
+  local result = place_hold(op)
+  if not result.ok and not result.replayed and REMEMBERED[result.code]
+     and type(op.fp) == 'string' and op.fp ~= '' then
+    put_hold(op.hold_id, {c = op.customer_id, q = 0, e = NOW, st = 'refused', fp = op.fp,
+                          r = result})
+    redis.call('ZADD', K_EXPIRIES, NOW + RECORD_RETENTION_MS, 'g:' .. op.hold_id)
+  end
+  return result
 end
 
 -- Keeps a live hold for the payment window: a later expiry, never an earlier one.

@@ -83,6 +83,7 @@ async def place(
     seats: Sequence[str] | None = None,
     section: str | None = None,
     quantity: int = 0,
+    fingerprint: str = "",
 ) -> HoldPlaced:
     """Holds ``seats``, or ``quantity`` places of a GA ``section``, for the
     event's hold TTL; the engine's errors (taken, sold out, over the limit)
@@ -90,10 +91,21 @@ async def place(
     price(event, seats, section, quantity or len(seats or ()))
     if seats:
         return await engine.hold_seats(
-            event.id, user.customer_id, seats, ttl_s=event.hold_ttl_s, hold_id=hold_id
+            event.id,
+            user.customer_id,
+            seats,
+            ttl_s=event.hold_ttl_s,
+            hold_id=hold_id,
+            fingerprint=fingerprint,
         )
     return await engine.hold_quantity(
-        event.id, user.customer_id, section or "", quantity, ttl_s=event.hold_ttl_s, hold_id=hold_id
+        event.id,
+        user.customer_id,
+        section or "",
+        quantity,
+        ttl_s=event.hold_ttl_s,
+        hold_id=hold_id,
+        fingerprint=fingerprint,
     )
 
 
@@ -104,7 +116,12 @@ async def own_hold(
     event_id = event_of_hold(hold_id)
     event = await events.get(event_id)
     hold = await engine.hold(event_id, hold_id) if event else None
-    if event is None or hold is None or hold.customer_id != user.customer_id:
+    if (
+        event is None
+        or hold is None
+        or hold.customer_id != user.customer_id
+        or hold.status is HoldStatus.REFUSED  # a remembered refusal is no hold
+    ):
         raise SaleRefused("not_found", "no such hold")
     return event, hold
 
