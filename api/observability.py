@@ -132,6 +132,7 @@ class RequestMiddleware:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.hot = tuple(hot)
+        self._timers: dict[tuple[str, str, int], Any] = {}  # one label lookup each
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -165,7 +166,12 @@ class RequestMiddleware:
             seconds = time.perf_counter() - began
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")
-            REQUEST_SECONDS.labels(scope["method"], template, str(status)).observe(seconds)
+            timer = self._timers.get((scope["method"], template, status))
+            if timer is None:
+                timer = self._timers[(scope["method"], template, status)] = REQUEST_SECONDS.labels(
+                    scope["method"], template, str(status)
+                )
+            timer.observe(seconds)
             if access_log.isEnabledFor(logging.INFO):
                 access_log.info(
                     "request",
