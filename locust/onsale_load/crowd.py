@@ -44,6 +44,8 @@ class Buyer(Person):
             TALLY.add("watched_sold_out")
             self.pause(self.pace.watch_s)
             return
+        if not any(s["kind"] == "seated" for s in open_sections) and self.run.rows:
+            self.seat_map()  # a look at the hall even when only standing places are left
         self.pause(self.pace.step_s)
         hold = self.try_hold(open_sections)
         if hold is not None:
@@ -55,9 +57,11 @@ class Buyer(Person):
         self.pause(self.pace.between_s)
 
     def browse(self) -> None:
-        self.call("GET", "/events?page=1&size=20", name="/events")
+        """The event page: the list once, then the event, as a buyer who
+        followed a link to the sale; the seat map comes with the choice."""
         if self.rng.random() < 0.5:
-            self.call("GET", f"/events/{self.run.event_id}", name="/events/{id}")
+            self.call("GET", "/events?page=1&size=20", name="/events")
+        self.call("GET", f"/events/{self.run.event_id}", name="/events/{id}")
 
     def hold_one(self) -> None:
         if self.sold_out:
@@ -100,6 +104,9 @@ class Buyer(Person):
         if not free:
             return None
         return {"seats": self.rng.sample(free, min(wanted, len(free)))}
+
+    def seat_map(self) -> None:
+        self.call("GET", f"/events/{self.run.event_id}/seats", name="/events/{id}/seats")
 
     def release(self, hold: dict[str, Any]) -> None:
         answer = self.call("DELETE", f"/holds/{hold['hold_id']}", name="/holds/{id}")

@@ -63,6 +63,11 @@ def add_arguments(parser: Any) -> None:
     add("--accounts", type=int, default=0,
         help="0: every user registers on arrival; N: N accounts registered before the "
              "doors open, shared round-robin (registration is one argon2 hash each)")  # fmt: skip
+    add("--signed-in", type=int, default=0,
+        help="N buyers whose accounts exist and who logged in before the sale (tokens "
+             "signed with the server's JWT secret); overrides --accounts")  # fmt: skip
+    add("--jwt-secret", env="ONSALE_JWT_SECRET", default="", include_in_web_ui=False,
+        help="the server's JWT secret (default: <data-dir>/jwt-secret)")  # fmt: skip
     add("--seated", default="20x25", help="ROWSxSEATS_PER_ROW of section A (0x0: none)")
     add("--ga", type=int, default=500, help="capacity of general-admission section GA (0: none)")
     add("--release-rate", type=float, default=0.25,
@@ -70,6 +75,8 @@ def add_arguments(parser: Any) -> None:
     add("--max-error-rate", type=float, default=0.01, help="pass: failed requests / requests")
     add("--p95-ms", type=float, default=2000.0, help="pass: p95 of all API requests")
     add("--hold-p95-ms", type=float, default=2000.0, help="pass: p95 of POST …/holds")
+    add("--checkout-p95-ms", type=float, default=0.0,
+        help="pass: p95 of POST /orders (0: not judged)")  # fmt: skip
     add("--settle-s", type=float, default=60.0,
         help="how long the check waits for the write-behind to reach Postgres")  # fmt: skip
     add("--holds-limit", type=int, default=20,
@@ -89,6 +96,7 @@ class Target:
     stripe_api_base: str
     stripe_key: str
     baseline: dict[str, Any] | None  # {run, stock}: with --baseline-holds
+    jwt_secret: str = ""
 
     @classmethod
     def resolve(cls, options: Any) -> Target:
@@ -119,6 +127,7 @@ class Target:
             stripe_api_base=stripe_base.rstrip("/"),
             stripe_key=stripe_key,
             baseline=baseline,
+            jwt_secret=options.jwt_secret or _saved_secret(data_dir / "jwt-secret"),
         )
 
 
@@ -135,6 +144,13 @@ def _embedded_postgres_url(data_dir: Path) -> str:
             f"no Postgres URL: set ONSALE_DATABASE_URL or run `make up` ({pidfile}: {exc})"
         ) from exc
     return f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+
+def _saved_secret(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
 
 
 def _localstripe_url(data_dir: Path) -> str | None:

@@ -4,6 +4,7 @@ accounts; after: the gate the last-seat crowd waits at."""
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -12,6 +13,7 @@ from typing import Any
 import gevent
 import gevent.event
 import gevent.pool
+import jwt
 import requests
 from locust.contrib.fasthttp import FastHttpSession
 from locust.env import Environment
@@ -66,7 +68,11 @@ def open_doors(environment: Environment) -> None:
         event_id = create_event(
             environment.host or "", token, options.scenario, rows, per_row, options.ga
         )
-        accounts = register_accounts(environment, options.accounts)
+        accounts = (
+            signed_in_accounts(target, options.signed_in)
+            if options.signed_in
+            else register_accounts(environment, options.accounts)
+        )
     except (SetupError, requests.RequestException) as exc:
         SETUP_ERROR = str(exc)
         log.error("the run cannot start: %s", exc)
@@ -174,6 +180,35 @@ def register_accounts(environment: Environment, n: int, concurrency: int = 8) ->
     if len(accounts) < n:
         raise SetupError(f"registered {len(accounts)} of {n} accounts (see the failures)")
     return accounts
+
+
+def signed_in_accounts(target: Target, n: int) -> list[Account]:
+    """N buyers who made their accounts and logged in before the sale, as in
+    life: access tokens signed with the server's own key (its data dir's
+    jwt-secret, or ONSALE_JWT_SECRET), so that the sale's figures carry no
+    argon2 hash (registration and login are the ramp scenario's to measure)."""
+    if not target.jwt_secret:
+        raise SetupError("--signed-in needs the server's JWT secret (ONSALE_JWT_SECRET or "
+                         "<data-dir>/jwt-secret)")  # fmt: skip
+    now = int(time.time())
+    return [
+        Account(
+            f"signed-in-{i}@example.com",
+            jwt.encode(
+                {
+                    "sub": str(uuid.uuid4()),
+                    "role": "customer",
+                    "iat": now,
+                    "exp": now + 3600,
+                    "iss": "onsale",
+                    "jti": uuid.uuid4().hex[:16],
+                },
+                target.jwt_secret,
+                algorithm="HS256",
+            ),
+        )
+        for i in range(n)
+    ]
 
 
 def _problem(answer: requests.Response) -> str:

@@ -133,6 +133,8 @@ class Person:
                 response.failure(f"{answer.status} {answer.code or (response.text or '')[:120]}")
         if answer.code in TURNED_AWAY:
             TALLY.add(answer.code or "")
+        if answer.status >= 500:
+            TALLY.add("answers_5xx")
         return answer
 
     def hold(self, body: dict[str, Any]) -> Answer:

@@ -68,6 +68,7 @@ def _figures(environment: Environment) -> dict[str, Any]:
     api = StatsEntry(stats, "API", "")  # the crowd's requests to the API
     sent = StatsEntry(stats, "sent", "")  # every real request: API, Stripe, pre-sale
     holds = StatsEntry(stats, "holds", "POST")
+    checkouts = StatsEntry(stats, "checkouts", "POST")
     for entry in stats.entries.values():
         if entry.method != "FLOW":
             sent.extend(entry)
@@ -75,6 +76,8 @@ def _figures(environment: Environment) -> dict[str, Any]:
             api.extend(entry)
         if entry.method == "POST" and entry.name in ("/events/{id}/holds", "/bench/pg-holds"):
             holds.extend(entry)
+        if entry.method == "POST" and entry.name == "/orders":
+            checkouts.extend(entry)
     last = api.last_request_timestamp
     seconds = max(last - api.start_time, 1e-9) if last is not None else 0.0
     return {
@@ -91,6 +94,10 @@ def _figures(environment: Environment) -> dict[str, Any]:
         "holds_per_s": round(holds.num_requests / seconds, 1) if seconds else 0.0,
         "hold_p95_ms": holds.get_response_time_percentile(0.95) if holds.num_requests else None,
         "holds_ok": TALLY["holds_ok"],
+        "checkout_p95_ms": checkouts.get_response_time_percentile(0.95)
+        if checkouts.num_requests
+        else None,
+        "answers_5xx": TALLY["answers_5xx"],
         "payments_succeeded": TALLY["payments_succeeded"],
     }
 
@@ -130,6 +137,13 @@ def _common(options: Any, figures: dict[str, Any]) -> list[Check]:
               f"{hold_p95:.0f} ms (max {options.hold_p95_ms:.0f})"),
         Check("no 429 outside the rate-limit probe", TALLY["unexpected_429"] == 0,
               f"{TALLY['unexpected_429']} (server must run with ONSALE_RATE_LIMITS=off)"),
+        Check("no answer of 500 or above", TALLY["answers_5xx"] == 0,
+              f"{TALLY['answers_5xx']}"),
+        *(
+            [Check("p95 of checkouts", (figures["checkout_p95_ms"] or 0) <= options.checkout_p95_ms,
+                   f"{figures['checkout_p95_ms'] or 0:.0f} ms (max {options.checkout_p95_ms:.0f})")]
+            if options.checkout_p95_ms else []
+        ),
     ]  # fmt: skip
 
 
