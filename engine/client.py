@@ -151,6 +151,7 @@ class EngineClient:
         window_ms: float = 1.5,
         max_batch_ops: int = 256,
         call_timeout_s: float = 5.0,
+        start_timeout_s: float = 60.0,
         sweep_interval_s: float = 0.5,
         actor_max_batch_ops: int = 1024,
         max_in_flight: int = 2,
@@ -159,7 +160,11 @@ class EngineClient:
     ) -> None:
         """``observer(commands, seconds, ok)`` is told of every actor call
         (the API feeds its metrics with it). ``redis_cluster``: ``redis_url``
-        names a Redis Cluster; the actors this client creates are told so too."""
+        names a Redis Cluster; the actors this client creates are told so too.
+        ``start_timeout_s`` bounds the organizer's calls that may start an
+        event's actor (loading its inventory, opening or closing the sale):
+        a new worker process on a busy machine takes seconds, which a buyer's
+        ``call_timeout_s`` is too short for."""
         self.redis_url = redis_url
         self.redis_cluster = redis_cluster
         self._redis = redis_client(redis_url, cluster=redis_cluster)
@@ -167,6 +172,7 @@ class EngineClient:
         self._window_s = window_ms / 1000
         self._max_batch_ops = max_batch_ops
         self._call_timeout_s = call_timeout_s
+        self._start_timeout_s = max(start_timeout_s, call_timeout_s)
         self._sweep_interval_s = sweep_interval_s
         self._actor_max_batch_ops = actor_max_batch_ops
         self._restore = restore
@@ -320,13 +326,17 @@ class EngineClient:
         actor = self.actor(event_id)
         return bool(
             await self._await(
-                event_id, actor.load_inventory.remote(list(sections), status, max_per_customer)
+                event_id,
+                actor.load_inventory.remote(list(sections), status, max_per_customer),
+                self._start_timeout_s,
             )
         )
 
     async def set_status(self, event_id: str, status: EventStatus) -> EventStatus:
         """Opens, closes or cancels the sale in Redis; returns the previous status."""
-        previous = await self._await(event_id, self.actor(event_id).set_status.remote(status))
+        previous = await self._await(
+            event_id, self.actor(event_id).set_status.remote(status), self._start_timeout_s
+        )
         return EventStatus(previous)
 
     async def snapshot(self, event_id: str, *, seats: bool = True) -> Snapshot:
@@ -396,9 +406,9 @@ class EngineClient:
                 self._observer(len(ops), time.perf_counter() - began, ok)
         return list(json.loads(reply)["results"][offset : offset + len(ops)])
 
-    async def _await(self, event_id: str, ref: Any) -> Any:
+    async def _await(self, event_id: str, ref: Any, timeout_s: float | None = None) -> Any:
         try:
-            return await asyncio.wait_for(ref, self._call_timeout_s)
+            return await asyncio.wait_for(ref, timeout_s or self._call_timeout_s)
         except TimeoutError as exc:
             raise EngineTimeout() from exc
         except ray.exceptions.RayActorError as exc:

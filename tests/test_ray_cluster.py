@@ -190,7 +190,11 @@ async def test_onsale_and_the_engine_tests_start_a_ray_of_their_own_beside_a_for
         assert r.status_code == 201, r.text
     engine_tests = await asyncio.to_thread(
         subprocess.run,
+        # --basetemp: a pytest of its own tmp root would chmod /tmp/pytest-of-<user>
+        # to 0700, and this suite's embedded Postgres (run as its own user, with
+        # its data under that root) would crash at its next checkpoint.
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         f"--basetemp={tmp_path / 'inner-pytest'}",
          "tests/test_engine_concurrency.py::test_thousand_buyers_for_the_last_seat_exactly_one_wins"],
         env=foreign_ray, capture_output=True, text=True, timeout=300,
         cwd=ROOT,

@@ -24,7 +24,9 @@ pytestmark = pytest.mark.slow
 def _wait_ready(url: str, proc: subprocess.Popen[bytes], deadline_s: float) -> httpx.Response:
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
-        assert proc.poll() is None, "onsale up exited early"
+        if proc.poll() is not None:
+            said = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            raise AssertionError(f"onsale up exited early ({proc.returncode}):\n{said[-4000:]}")
         try:
             response = httpx.get(url, timeout=2)
             if response.status_code == 200:
