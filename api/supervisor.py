@@ -157,9 +157,12 @@ def run_reconciler(settings: Settings) -> None:
             )
             settlement = Settlement(db, engine, Cards(engine, db), redis, payments)
             try:
-                await Reconciler(settlement, grace_s=ready.reconcile_grace_s).run(
-                    ready.reconcile_interval_s, stop
+                reconciler = Reconciler(
+                    settlement,
+                    grace_s=ready.reconcile_grace_s,
+                    claim_s=ready.reconcile_interval_s,
                 )
+                await reconciler.run(ready.reconcile_interval_s, stop)
             finally:
                 await engine.aclose()
                 await redis.aclose()

@@ -71,6 +71,8 @@ async def handled(redis: AsyncRedis, stripe_event: str) -> None:
     await redis.set(SEEN + stripe_event, int(time.time()), ex=SEEN_S)
 
 
-async def claim(redis: AsyncRedis, order_id: str, seconds: int = 30) -> bool:
-    """One reconciler at a time per order (several may run)."""
-    return bool(await redis.set(f"onsale:reconciling:{order_id}", 1, nx=True, ex=seconds))
+async def claim(redis: AsyncRedis, order_id: str, seconds: float = 30.0) -> bool:
+    """One reconciler at a time per order (several may run), and each order
+    looked at once per ``seconds`` by one of them."""
+    key = f"onsale:reconciling:{order_id}"
+    return bool(await redis.set(key, 1, nx=True, px=max(1, int(seconds * 1000))))

@@ -49,6 +49,10 @@ class Payments:
             secret_key,
             base_addresses={"api": api_base} if api_base else {},
             max_network_retries=2,
+            # The library's own socket timeout (80 s by default) is what frees
+            # the worker thread of a call the caller gave up on at timeout_s:
+            # a hanging Stripe must not fill the thread pool argon2 also uses.
+            http_client=stripe.new_default_http_client(timeout=timeout_s),
         )
         self._webhook_secret = webhook_secret
         self._turns = asyncio.Semaphore(max_concurrent)

@@ -28,11 +28,20 @@ log = logging.getLogger(__name__)
 
 class Reconciler:
     def __init__(
-        self, settlement: Settlement, *, grace_s: float = 3600.0, batch: int = 200
+        self,
+        settlement: Settlement,
+        *,
+        grace_s: float = 3600.0,
+        batch: int = 200,
+        claim_s: float = 30.0,
     ) -> None:
+        """``claim_s``: how long an order is one reconciler's once taken, so
+        also how often each waiting order is asked about at most (the
+        supervisor passes the interval)."""
         self.settlement = settlement
         self.grace_s = grace_s
         self.batch = batch
+        self.claim_s = claim_s
 
     async def run(self, interval_s: float, stop: asyncio.Event) -> None:
         """Reconciles every ``interval_s`` until ``stop`` is set."""
@@ -54,7 +63,7 @@ class Reconciler:
         now_ms = time.time() * 1000
         done = 0
         for order_id, window_ends_ms in await lookups.awaiting(s.redis, self.batch):
-            if not await lookups.claim(s.redis, order_id):
+            if not await lookups.claim(s.redis, order_id, self.claim_s):
                 continue  # another reconciler has it
             try:
                 done += await self._one(order_id, now_ms > window_ends_ms + self.grace_s * 1000)

@@ -27,16 +27,24 @@ from persistence import orders as order_store
 from persistence.events import EventDraft, EventRecord, SectionSpec, get_event
 from persistence.rebuild import PostgresRestore
 from persistence.writer import OutboxWriter
-from sales import catalog, checkin, holds, refunds, tickets
+from sales import catalog, checkin, holds, lookups, refunds, tickets
 from sales.access import Principal
 from sales.checkout import Checkout, checkout
 from sales.errors import SaleRefused
 from sales.orders import order_for
 from sales.payments import Payments
+from sales.reconcile import Reconciler
 from sales.settlement import Settlement
 from sales.testmode import EmbeddedStripe, pay_with_card, sandbox_key, stripe_client
 from sales.ticketing import TicketSigner
-from sales.vocabulary import HoldStatus, OrderStatus, Role, SectionKind, TicketStatus
+from sales.vocabulary import (
+    EventStatus,
+    HoldStatus,
+    OrderStatus,
+    Role,
+    SectionKind,
+    TicketStatus,
+)
 from tests.api_support import password_hash, unique_email
 from tests.sales import wait_for
 
@@ -289,3 +297,54 @@ async def test_someone_elses_order_hold_and_ticket_do_not_exist_for_a_customer(
             await attempt
         assert refused.value.code == "not_found"
     assert await sale.seats(event.id) == {"A-1-3": "held"}  # nothing released
+
+
+async def test_a_payment_on_a_hold_whose_event_was_cancelled_is_refunded_once(
+    sale: Sale,
+) -> None:
+    """Today's answer used to be 409 on every redelivery, with the buyer
+    charged for ever: the payment can no longer become a sale, so it is
+    refunded and the order ends; a redelivered event changes nothing."""
+    event = await sale.event()
+    buyer = customer()
+    done = await sale.checkout(event, buyer, ["A-2-3"])
+    assert done.intent is not None
+    admin = Principal(uuid.uuid4(), Role.ADMIN)
+    await catalog.end_sale(sale.db, sale.engine, event.id, EventStatus.CANCELLED, admin)
+    stripe_event = await sale.pay(done.intent.id)
+    assert await sale.settlement.handle(stripe_event)  # settled, not an error
+    assert not await sale.settlement.handle(stripe_event)  # a redelivery: already handled
+    order = await sale.recorded(done.order.id)
+    assert (order.status, order.status_reason) == (OrderStatus.REFUNDED, "event_cancelled")
+    assert order.tickets == ()
+    assert await sale.refunded_at_stripe(done.intent.id)
+    assert "A-2-3" not in {s for s, st in (await sale.seats(event.id)).items() if st == "sold"}
+
+
+async def test_reconcilers_settle_a_lost_webhook_once_and_cancel_what_was_never_paid(
+    sale: Sale,
+) -> None:
+    """No webhook is handled here: two reconcilers at once ask Stripe. The
+    paid order is sold once and recorded paid; the order whose window and
+    grace have passed unpaid has its PaymentIntent cancelled at Stripe, so it
+    can never be paid unseen, and its seat is free again."""
+    event = await sale.event(hold_ttl_s=1)
+    payer, dawdler = customer(), customer()
+    paid = await sale.checkout(event, payer, ["A-1-1"], window_s=900)
+    unpaid = await sale.checkout(event, dawdler, ["A-1-2"], window_s=1)
+    assert paid.intent is not None and unpaid.intent is not None
+    await sale.pay(paid.intent.id)  # the webhook never comes
+    await _lapsed(sale, event.id, unpaid.order.hold_id)
+
+    first, second = (Reconciler(sale.settlement, grace_s=0, claim_s=5) for _ in range(2))
+    await asyncio.gather(first.once(), second.once())
+
+    assert await sale.seats(event.id) == {"A-1-1": "sold"}
+    recorded = await sale.recorded(paid.order.id)
+    assert recorded.status is OrderStatus.PAID and len(recorded.tickets) == 1
+    gone = await sale.recorded(unpaid.order.id)
+    assert gone.status in (OrderStatus.CANCELLED, OrderStatus.EXPIRED), gone.status
+    intent = await asyncio.to_thread(sale.stripe.v1.payment_intents.retrieve, unpaid.intent.id)
+    assert intent.status == "canceled"
+    waiting = {order_id for order_id, _ in await lookups.awaiting(sale.redis, 10_000)}
+    assert {paid.order.id, unpaid.order.id}.isdisjoint(waiting)  # nobody's to reconcile
