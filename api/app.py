@@ -96,6 +96,8 @@ def create_app(settings: Settings | None = None) -> OnsaleApp:
             sweep_interval_s=settings.sweep_interval_s,
             restore=PostgresRestore(database_url),
             observer=observe_batch,
+            redis_pool_size=settings.redis_pool_size,
+            redis_pool_timeout_s=settings.redis_pool_timeout_s,
         )
         state.limiter = RateLimiter.from_settings(
             settings.rate_limits, redis_url, cluster=settings.redis_cluster
@@ -142,7 +144,13 @@ def create_app(settings: Settings | None = None) -> OnsaleApp:
     for module in (holds, health, events, orders, tickets, auth, admin, webhooks, live):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(packages=[("api", "static")]), name="static")
-    hot = [HotRoute("POST", holds.HOLD_PATH, holds.HOLD_ROUTE, holds.place_hold_asgi)]
+    hot = [
+        HotRoute("POST", holds.HOLD_PATH, holds.HOLD_ROUTE, holds.place_hold_asgi),
+        HotRoute("GET", events.EVENT_PATH, events.EVENT_ROUTE, events.public_event_asgi),
+        HotRoute(
+            "GET", events.AVAILABILITY_PATH, events.AVAILABILITY_ROUTE, events.availability_asgi
+        ),
+    ]
     app.front = RequestMiddleware(
         functools.partial(FastAPI.__call__, app), settings.max_body_bytes, hot
     )

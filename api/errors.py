@@ -219,7 +219,8 @@ def unavailable(exc: BaseException) -> ApiError | None:
     """A dependency that is full or away: 503 with Retry-After, never a 500,
     so clients (and Stripe's webhooks) come back rather than give up."""
     if isinstance(exc, sqlalchemy.exc.TimeoutError) or (
-        isinstance(exc, redis.exceptions.ConnectionError) and "No connection available" in str(exc)
+        isinstance(exc, redis.exceptions.ConnectionError)
+        and ("No connection available" in str(exc) or "Too many connections" in str(exc))
     ):
         return ApiError("overloaded", "every connection is in use; try again")
     if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:

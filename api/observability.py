@@ -119,7 +119,9 @@ class HotRoute:
     method: str
     pattern: re.Pattern[str]
     path: str  # the route's template, for metrics and logs
-    handler: Callable[..., Awaitable[None]]  # (scope, receive, send, *path groups)
+    # (scope, receive, send, *path groups); returning False hands the request
+    # on to the app's own route (e.g. a case only that route answers)
+    handler: Callable[..., Awaitable[bool | None]]
 
 
 class RequestMiddleware:
@@ -159,7 +161,9 @@ class RequestMiddleware:
             elif (hot := self._hot(scope)) is not None:
                 hot_route, match = hot
                 scope["route"] = hot_route
-                await hot_route.handler(scope, limited, send_with_id, *match.groups())
+                answered = await hot_route.handler(scope, limited, send_with_id, *match.groups())
+                if answered is False:  # the handler leaves this one to the app's route
+                    await self.app(scope, limited, send_with_id)
             else:
                 await self.app(scope, limited, send_with_id)
         finally:

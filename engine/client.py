@@ -157,6 +157,8 @@ class EngineClient:
         max_in_flight: int = 2,
         restore: Restore | None = None,
         observer: Callable[[int, float, bool], None] | None = None,
+        redis_pool_size: int | None = 200,
+        redis_pool_timeout_s: float = 2.0,
     ) -> None:
         """``observer(commands, seconds, ok)`` is told of every actor call
         (the API feeds its metrics with it). ``redis_cluster``: ``redis_url``
@@ -167,7 +169,15 @@ class EngineClient:
         ``call_timeout_s`` is too short for."""
         self.redis_url = redis_url
         self.redis_cluster = redis_cluster
-        self._redis = redis_client(redis_url, cluster=redis_cluster)
+        # The reads that go straight to Redis (snapshots, cards, a hold) wait
+        # for one of ``redis_pool_size`` connections rather than fail: redis-py's
+        # default pool refuses its 101st concurrent call outright.
+        self._redis = redis_client(
+            redis_url,
+            cluster=redis_cluster,
+            pool_size=redis_pool_size,
+            pool_timeout_s=redis_pool_timeout_s,
+        )
         self._scripts = InventoryScripts(self._redis)
         self._window_s = window_ms / 1000
         self._max_batch_ops = max_batch_ops

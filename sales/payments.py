@@ -8,6 +8,9 @@ localstripe in the embedded default and in tests.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +59,10 @@ class Payments:
         )
         self._webhook_secret = webhook_secret
         self._turns = asyncio.Semaphore(max_concurrent)
+        # Threads of their own, one per turn: the library blocks, and the
+        # loop's default pool (CPU count + 4 threads) would queue the turns
+        # behind each other and behind argon2 hashes.
+        self._threads = ThreadPoolExecutor(max_concurrent, thread_name_prefix="stripe")
         self._timeout_s = timeout_s
 
     async def create_intent(
@@ -111,7 +118,9 @@ class Payments:
         try:
             async with asyncio.timeout(self._timeout_s):
                 async with self._turns:
-                    return await asyncio.to_thread(method, *args, **kwargs)
+                    context = contextvars.copy_context()  # the request id, in the library's logs
+                    call = functools.partial(context.run, method, *args, **kwargs)
+                    return await asyncio.get_running_loop().run_in_executor(self._threads, call)
         except TimeoutError as exc:
             raise PaymentsUnavailable("Stripe did not answer in time") from exc
         except stripe.StripeError as exc:

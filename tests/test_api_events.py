@@ -469,3 +469,28 @@ async def test_a_draft_is_read_from_postgres_privately(
     r = await http.get(f"/events/{made['id']}", headers=organizer.auth)
     assert r.status_code == 200 and r.headers["cache-control"] == "private, no-store"
     assert "etag" not in r.headers
+
+
+async def test_public_reads_answer_as_their_routes_do_on_the_lean_path(
+    http: httpx.AsyncClient, event: dict[str, Any], organizer: User, buyer: User
+) -> None:
+    """/events/{id} and /availability are served ahead of FastAPI's routing:
+    the same bodies, a bad token still 401, a draft and a stranger's draft
+    still the route's (its owner sees it, others get 404), an unknown id 404."""
+    for path in ("", "/availability"):
+        url = f"/events/{event['id']}{path}"
+        anonymous, signed_in = await http.get(url), await http.get(url, headers=buyer.auth)
+        assert anonymous.status_code == signed_in.status_code == 200
+        assert anonymous.json() == signed_in.json()
+        assert anonymous.headers["content-type"] == "application/json"
+        assert anonymous.headers["x-request-id"]
+        problem(await http.get(url, headers={"Authorization": "Bearer nope"}), 401, "invalid_token")
+        problem(await http.get(f"/events/ev_nosuchevent{path}"), 404, "not_found")
+    assert (await http.get(f"/events/{event['id']}")).json()["id"] == event["id"]
+    made = await draft(http, organizer)
+    assert (await http.get(f"/events/{made['id']}", headers=organizer.auth)).status_code == 200
+    problem(await http.get(f"/events/{made['id']}", headers=buyer.auth), 404, "not_found")
+    problem(await http.get(f"/events/{made['id']}/availability", headers=buyer.auth), 404,
+            "not_found")  # fmt: skip
+    problem(await http.get(f"/events/{made['id']}/availability", headers=organizer.auth), 409,
+            "event_not_on_sale")  # fmt: skip

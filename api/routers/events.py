@@ -4,13 +4,24 @@ the public reads (list, detail, availability, seats)."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any
+from urllib.parse import unquote
 
 from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
-from api.deps import DbDep, EngineDep, OptionalUser, Organizer, RedisDep, SettingsDep
-from api.errors import ApiError
+from api.deps import (
+    DbDep,
+    EngineDep,
+    OptionalUser,
+    Organizer,
+    RedisDep,
+    SettingsDep,
+    principal_of,
+)
+from api.errors import ApiError, as_problem
 from api.event_cache import Rendered
 from api.schemas import (
     AvailabilityOut,
@@ -180,22 +191,119 @@ async def get_event(
 ) -> Response:
     """The event with its sections; from its card in Redis (ETag: its
     revision), or, for a draft, from Postgres to its organizer."""
-    card = await engine.card(event_id)
-    if card is None:  # a draft (or no such event)
+    public = await _public_event(request.app.state, event_id)
+    if public is None:  # a draft (or no such event)
         event = await visible_event(db, event_id, user)
         return Response(
             event_out(event).model_dump_json().encode(),
             media_type="application/json",
             headers={"Cache-Control": PRIVATE},
         )
+    revision, body = public
+    return _tagged(request, body, f'"e{revision}"', PUBLIC)
+
+
+async def _public_event(state: Any, event_id: str) -> tuple[int, bytes] | None:
+    """The event from its card (published events have one), rendered once
+    per revision; None for a draft or no such event."""
+    engine: EngineClient = state.engine
+    card = await engine.card(event_id)
+    if card is None:
+        return None
     revision, raw = card
-    rendered: Rendered = request.app.state.rendered
+    rendered: Rendered = state.rendered
     body = rendered.get("event", event_id, revision)
     if body is None:
         body = rendered.put(
             "event", event_id, revision, event_out(event_from_card(raw)).model_dump_json().encode()
         )
-    return _tagged(request, body, f'"e{revision}"', PUBLIC)
+    return revision, body
+
+
+# ------------------------------------------------ the lean path of public reads
+#
+# GET /events/{id} and /availability are most of a spike's requests (every
+# buyer reads them before a hold, and a sold-out crowd keeps reading them).
+# RequestMiddleware serves them here, ahead of FastAPI's routing and
+# dependencies, with the same answers; anything these do not answer (a draft,
+# no such event, an inventory being rebuilt) goes on to the routes above.
+
+EVENT_PATH = re.compile(r"^/events/([^/]+)$")
+EVENT_ROUTE = "/events/{event_id}"
+AVAILABILITY_PATH = re.compile(r"^/events/([^/]+)/availability$")
+AVAILABILITY_ROUTE = "/events/{event_id}/availability"
+
+
+def _caller_checked(scope: Scope) -> bool:
+    """A token, if one came, is valid (as the routes' OptionalUser insists:
+    a bad token is an error, not anonymity); raises ApiError otherwise."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            principal_of(value.decode("latin-1"), scope["app"].state.jwt_secret)
+    return True
+
+
+async def _answer(
+    scope: Scope, send: Send, status_code: int, body: bytes, headers: dict[str, str]
+) -> None:
+    content_type = b"application/problem+json" if status_code >= 400 else b"application/json"
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status_code,
+            "headers": [
+                *([(b"content-type", content_type)] if status_code != 304 else []),
+                (b"content-length", str(len(body)).encode()),
+                *((k.lower().encode(), v.encode()) for k, v in headers.items()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_tagged(scope: Scope, send: Send, body: bytes, tag: str) -> None:
+    headers = {"ETag": tag, "Cache-Control": PUBLIC}
+    for name, value in scope["headers"]:
+        if name == b"if-none-match" and tag in value.decode("latin-1"):
+            await _answer(scope, send, 304, b"", headers)
+            return
+    await _answer(scope, send, 200, body, headers)
+
+
+async def public_event_asgi(scope: Scope, receive: Receive, send: Send, event_id: str) -> bool:
+    """GET /events/{id} of a published event; False: the route answers."""
+    try:
+        _caller_checked(scope)
+        public = await _public_event(scope["app"].state, unquote(event_id))
+        if public is None:
+            return False
+        revision, body = public
+    except Exception as exc:  # the same mapping as the app's exception handlers
+        problem = as_problem(exc)
+        await _answer(scope, send, problem.status, bytes(problem.response().body), problem.headers)
+        return True
+    await _send_tagged(scope, send, body, f'"e{revision}"')
+    return True
+
+
+async def availability_asgi(scope: Scope, receive: Receive, send: Send, event_id: str) -> bool:
+    """GET /events/{id}/availability of an event on sale or ended; False: the
+    route answers (a draft, no such event, an inventory being rebuilt)."""
+    state = scope["app"].state
+    try:
+        _caller_checked(scope)
+        event = await state.event_cache.get(unquote(event_id))
+        if event is None or not may_see_event(event, None):
+            return False
+        version, body = await _availability(state, event)
+    except ApiError:
+        return False  # its refusals are the route's to give
+    except Exception as exc:
+        problem = as_problem(exc)
+        await _answer(scope, send, problem.status, bytes(problem.response().body), problem.headers)
+        return True
+    await _send_tagged(scope, send, body, f'"v{version}"')
+    return True
 
 
 async def _inventory(
@@ -229,7 +337,19 @@ async def availability(
     """Counts per section now, with the inventory version they belong to
     (ETag: the version). Rendered once per version in each process."""
     event = await _readable(request, event_id, user)
-    version, body = await _inventory(request, engine, event, "availability")
+    version, body = await _availability(request.app.state, event)
+    return _tagged(request, body, f'"v{version}"', PUBLIC)
+
+
+async def _availability(state: Any, event: EventRecord) -> tuple[int, bytes]:
+    """The counts of an event that has an inventory, rendered once per version."""
+    if event.status is EventStatus.DRAFT:
+        raise ApiError("event_not_on_sale", "a draft has no availability yet")
+    engine: EngineClient = state.engine
+    version = await engine.version(event.id)
+    if version is None:
+        raise ApiError("engine_unavailable", "the event's inventory is being rebuilt")
+    body = state.rendered.get("availability", event.id, version)
     if body is None:
         snapshot = await _snapshot(engine, event, seats=False)
         version = snapshot.version
@@ -237,10 +357,8 @@ async def availability(
             version=version,
             sections=[SectionAvailabilityOut(**s.__dict__) for s in snapshot.sections],
         )
-        body = request.app.state.rendered.put(
-            "availability", event.id, version, out.model_dump_json().encode()
-        )
-    return _tagged(request, body, f'"v{version}"', PUBLIC)
+        body = state.rendered.put("availability", event.id, version, out.model_dump_json().encode())
+    return version, body
 
 
 @router.get(
