@@ -61,8 +61,10 @@ async def test_a_payment_provider_that_does_not_answer_is_503_and_the_hold_stays
     port = server.sockets[0].getsockname()[1]
     try:
         async with api_with(
-            stripe_secret_key="sk_test_" + "x" * 24,
-            stripe_webhook_secret="whsec_unused",
+            # by alias: pydantic-settings 2.2 (the lower bound) sets an aliased
+            # field by its alias only
+            STRIPE_SECRET_KEY="sk_test_" + "x" * 24,
+            STRIPE_WEBHOOK_SECRET="whsec_unused",
             stripe_api_base=f"http://127.0.0.1:{port}",
             payments_timeout_s=0.5,
             payments_max_concurrent=1,
