@@ -29,8 +29,9 @@ test: $(STAMP) test-tools
 	$(MAKE) --no-print-directory test-lua-system
 
 ## The fast lane while you work: engine, Lua, service and in-process API tests
-## (no subprocess servers, clusters, browser or load run); under 3 minutes.
-FAST := not slow and not cluster and not browser and not load
+## (no subprocess servers, clusters, browser, load run or recovery from lost
+## state); under 3 minutes.
+FAST := not slow and not cluster and not browser and not load and not recovery
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "$(FAST)" --durations=10
 

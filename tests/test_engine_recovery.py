@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
 import ray
 from redis.asyncio import Redis
 
@@ -27,6 +28,8 @@ from engine.model import (
     Snapshot,
 )
 from engine.scripts import EventKeys
+
+pytestmark = pytest.mark.recovery
 
 TRANSIENT = (EngineTimeout, EngineUnavailable)
 

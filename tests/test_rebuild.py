@@ -16,6 +16,8 @@ from persistence.writer import OutboxWriter
 from sales import catalog
 from tests.sales import counts, published_event, sell
 
+pytestmark = pytest.mark.recovery
+
 
 @pytest.fixture
 async def restoring_client(

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import asyncpg
+import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -55,6 +56,7 @@ def _writer_process(redis_url: str, database_url: str) -> subprocess.Popen[bytes
     )
 
 
+@pytest.mark.recovery
 async def test_writer_killed_mid_stream_loses_and_doubles_nothing(
     db: AsyncEngine, client: EngineClient, redis_url: str, database_url: str
 ) -> None:
@@ -89,6 +91,7 @@ async def test_writer_killed_mid_stream_loses_and_doubles_nothing(
     assert await counts(database_url, event_id) == (5000, 5000, tickets)
 
 
+@pytest.mark.recovery
 async def test_sales_go_on_while_postgres_is_down_and_land_when_it_returns(
     tmp_path: Path, client: EngineClient, redis: Redis
 ) -> None:

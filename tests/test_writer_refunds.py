@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -17,6 +18,8 @@ from persistence.writer import OutboxWriter, decode_entry, write_entries
 from sales.items import OrderItem
 from tests.sales import published_event, sell
 from tests.test_rebuild import lose_inventory_but_not_outbox, restoring_client
+
+pytestmark = pytest.mark.recovery
 
 __all__ = ["restoring_client"]  # the fixture, shared with the rebuild tests
 
