@@ -30,7 +30,7 @@ from pythonjsonlogger.json import JsonFormatter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import ApiError
+from api.errors import ApiError, as_problem
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 access_log = logging.getLogger("onsale.access")
@@ -122,6 +122,35 @@ class HotRoute:
     # (scope, receive, send, *path groups); returning False hands the request
     # on to the app's own route (e.g. a case only that route answers)
     handler: Callable[..., Awaitable[bool | None]]
+
+
+async def send_answer(
+    send: Send,
+    status: int,
+    body: bytes,
+    headers: dict[str, str],
+    content_type: bytes = b"application/json",
+) -> None:
+    """A whole response from a hot route's handler, straight to ASGI."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                *([(b"content-type", content_type)] if status != 304 else []),
+                (b"content-length", str(len(body)).encode()),
+                *((k.lower().encode(), v.encode()) for k, v in headers.items()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_problem(send: Send, exc: Exception) -> None:
+    """``exc`` as the app's exception handlers would answer it (problem+json)."""
+    problem = as_problem(exc)
+    body = bytes(problem.response().body)
+    await send_answer(send, problem.status, body, problem.headers, b"application/problem+json")
 
 
 class RequestMiddleware:

@@ -53,8 +53,8 @@ class Payments:
             base_addresses={"api": api_base} if api_base else {},
             max_network_retries=2,
             # The library's own socket timeout (80 s by default) is what frees
-            # the worker thread of a call the caller gave up on at timeout_s:
-            # a hanging Stripe must not fill the thread pool argon2 also uses.
+            # the thread of a call the caller gave up on at timeout_s: a
+            # hanging Stripe must not keep every turn's thread for minutes.
             http_client=stripe.new_default_http_client(timeout=timeout_s),
         )
         self._webhook_secret = webhook_secret

@@ -21,8 +21,9 @@ from api.deps import (
     SettingsDep,
     principal_of,
 )
-from api.errors import ApiError, as_problem
+from api.errors import ApiError
 from api.event_cache import Rendered
+from api.observability import send_answer, send_problem
 from api.schemas import (
     AvailabilityOut,
     EventIn,
@@ -234,53 +235,33 @@ AVAILABILITY_PATH = re.compile(r"^/events/([^/]+)/availability$")
 AVAILABILITY_ROUTE = "/events/{event_id}/availability"
 
 
-def _caller_checked(scope: Scope) -> bool:
+def _check_caller(scope: Scope) -> None:
     """A token, if one came, is valid (as the routes' OptionalUser insists:
     a bad token is an error, not anonymity); raises ApiError otherwise."""
     for name, value in scope["headers"]:
         if name == b"authorization":
             principal_of(value.decode("latin-1"), scope["app"].state.jwt_secret)
-    return True
-
-
-async def _answer(
-    scope: Scope, send: Send, status_code: int, body: bytes, headers: dict[str, str]
-) -> None:
-    content_type = b"application/problem+json" if status_code >= 400 else b"application/json"
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status_code,
-            "headers": [
-                *([(b"content-type", content_type)] if status_code != 304 else []),
-                (b"content-length", str(len(body)).encode()),
-                *((k.lower().encode(), v.encode()) for k, v in headers.items()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 async def _send_tagged(scope: Scope, send: Send, body: bytes, tag: str) -> None:
     headers = {"ETag": tag, "Cache-Control": PUBLIC}
     for name, value in scope["headers"]:
         if name == b"if-none-match" and tag in value.decode("latin-1"):
-            await _answer(scope, send, 304, b"", headers)
+            await send_answer(send, 304, b"", headers)
             return
-    await _answer(scope, send, 200, body, headers)
+    await send_answer(send, 200, body, headers)
 
 
 async def public_event_asgi(scope: Scope, receive: Receive, send: Send, event_id: str) -> bool:
     """GET /events/{id} of a published event; False: the route answers."""
     try:
-        _caller_checked(scope)
+        _check_caller(scope)
         public = await _public_event(scope["app"].state, unquote(event_id))
         if public is None:
             return False
         revision, body = public
     except Exception as exc:  # the same mapping as the app's exception handlers
-        problem = as_problem(exc)
-        await _answer(scope, send, problem.status, bytes(problem.response().body), problem.headers)
+        await send_problem(send, exc)
         return True
     await _send_tagged(scope, send, body, f'"e{revision}"')
     return True
@@ -291,7 +272,7 @@ async def availability_asgi(scope: Scope, receive: Receive, send: Send, event_id
     route answers (a draft, no such event, an inventory being rebuilt)."""
     state = scope["app"].state
     try:
-        _caller_checked(scope)
+        _check_caller(scope)
         event = await state.event_cache.get(unquote(event_id))
         if event is None or not may_see_event(event, None):
             return False
@@ -299,8 +280,7 @@ async def availability_asgi(scope: Scope, receive: Receive, send: Send, event_id
     except ApiError:
         return False  # its refusals are the route's to give
     except Exception as exc:
-        problem = as_problem(exc)
-        await _answer(scope, send, problem.status, bytes(problem.response().body), problem.headers)
+        await send_problem(send, exc)
         return True
     await _send_tagged(scope, send, body, f'"v{version}"')
     return True

@@ -14,7 +14,7 @@ from starlette.types import Receive, Scope, Send
 
 from api.deps import CurrentUser, EngineDep, EventsDep, parse_json, principal_of
 from api.errors import ApiError, as_problem
-from api.observability import HOLDS
+from api.observability import HOLDS, send_answer, send_problem
 from api.schemas import HoldIn, HoldOut, problem_responses
 from engine.errors import EngineError
 from engine.model import HoldPlaced, HoldView
@@ -171,23 +171,10 @@ async def place_hold_asgi(scope: Scope, receive: Receive, send: Send, event_id: 
             None if key is None else key.decode("latin-1"),
             b"".join(chunks),
         )
-        content_type = b"application/json"
     except Exception as exc:  # the same mapping as the app's exception handlers
-        problem = as_problem(exc)
-        status_code, body, extra = problem.status, bytes(problem.response().body), problem.headers
-        content_type = b"application/problem+json"
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status_code,
-            "headers": [
-                (b"content-type", content_type),
-                (b"content-length", str(len(body)).encode()),
-                *((k.lower().encode(), v.encode()) for k, v in extra.items()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+        await send_problem(send, exc)
+        return
+    await send_answer(send, status_code, body, extra)
 
 
 @router.get("/holds/{hold_id}", responses=problem_responses(401, 404, 410))
