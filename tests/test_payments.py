@@ -16,8 +16,10 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+import stripe
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from sales.testmode import EmbeddedStripe, pay_with_card
 from tests.api_support import PASSWORD, unique_email
 from tests.conftest import LiveApi
 from tests.payment_support import (
@@ -271,3 +273,26 @@ async def test_200_buyers_paying_for_100_seats_end_with_exactly_100_paid_orders(
         assert (
             availability["sold"] == 100 and availability["held"] == 0
         )  # Redis agrees with Postgres
+
+
+def test_embedded_stripe_lists_a_charges_refunds_from_its_index(
+    localstripe: EmbeddedStripe,
+) -> None:
+    """The embedded localstripe finds a charge's refunds by charge, not by
+    scanning its store (which slowed it run after run): partial refunds are
+    listed newest first, summed, and the charge reads refunded once they
+    reach its amount."""
+    client = stripe.StripeClient("sk_test_onsale_refunds", base_addresses={"api": localstripe.url})
+    intent = client.v1.payment_intents.create(params={"amount": 1000, "currency": "eur"})
+    assert pay_with_card(client, intent.id) == "succeeded"
+    other = client.v1.payment_intents.create(params={"amount": 700, "currency": "eur"})
+    assert pay_with_card(client, other.id) == "succeeded"
+    first = client.v1.refunds.create(params={"payment_intent": intent.id, "amount": 300})
+    client.v1.refunds.create(params={"payment_intent": other.id, "amount": 700})
+    second = client.v1.refunds.create(params={"payment_intent": intent.id, "amount": 200})
+    charge = client.v1.payment_intents.retrieve(intent.id).latest_charge  # expanded here
+    assert {r.id for r in charge.refunds.data} == {first.id, second.id}
+    assert (charge.amount_refunded, charge.refunded) == (500, False)
+    client.v1.refunds.create(params={"payment_intent": intent.id, "amount": 500})
+    charge = client.v1.payment_intents.retrieve(intent.id).latest_charge
+    assert (len(charge.refunds.data), charge.amount_refunded, charge.refunded) == (3, 1000, True)
