@@ -18,6 +18,7 @@ from api.live import LiveHub
 from api.observability import HotRoute, RequestMiddleware, configure_logging, observe_batch
 from api.ratelimit import RateLimiter
 from api.routers import admin, auth, events, health, holds, live, orders, tickets, webhooks
+from api.security import TokenVersions
 from api.settings import Settings, get_settings
 from engine import runtime
 from engine.client import EngineClient
@@ -99,6 +100,7 @@ def create_app(settings: Settings | None = None) -> OnsaleApp:
             redis_pool_size=settings.redis_pool_size,
             redis_pool_timeout_s=settings.redis_pool_timeout_s,
         )
+        state.token_versions = TokenVersions(state.redis, settings.access_token_ttl_s)
         state.limiter = RateLimiter.from_settings(
             settings.rate_limits, redis_url, cluster=settings.redis_cluster
         )

@@ -6,7 +6,7 @@ a thread hop per dependency per request that the hold path cannot afford.
 
 from __future__ import annotations
 
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Header, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.errors import ApiError
 from api.event_cache import EventCache
-from api.security import InvalidToken, read_access_token
+from api.security import InvalidToken, Verified, forget_token, read_access_token
 from api.settings import Settings
 from engine.client import EngineClient
 from sales.access import Principal
@@ -62,8 +62,7 @@ PaymentsDep = Annotated[Payments | None, Depends(_payments)]
 SignerDep = Annotated[TicketSigner, Depends(_signer)]
 
 
-def principal_of(authorization: str, jwt_secret: str) -> Principal:
-    """The caller, from an ``Authorization: Bearer <access token>`` header."""
+def _bearer(authorization: str) -> str:
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
@@ -72,17 +71,43 @@ def principal_of(authorization: str, jwt_secret: str) -> Principal:
             "send an access token: Authorization: Bearer <token>",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    return token
+
+
+def _verified(token: str, jwt_secret: str) -> Verified:
     try:
         return read_access_token(jwt_secret, token)
     except InvalidToken as exc:
         raise ApiError("invalid_token", str(exc), headers={"WWW-Authenticate": "Bearer"}) from exc
 
 
+def signed_principal(authorization: str, jwt_secret: str) -> Principal:
+    """The caller as a signed, unexpired token says, revoked or not: only for
+    public reads, which show a token's holder nothing private."""
+    return _verified(_bearer(authorization), jwt_secret).principal
+
+
+async def principal_of(state: Any, authorization: str) -> Principal:
+    """The caller, from an ``Authorization: Bearer <access token>`` header:
+    signed, unexpired, and not revoked by a role change or logout since it
+    was issued (one Redis GET)."""
+    token = _bearer(authorization)
+    verified = _verified(token, state.jwt_secret)
+    if verified.version < await state.token_versions.current(verified.principal.user_id):
+        forget_token(state.jwt_secret, token)
+        raise ApiError(
+            "invalid_token",
+            "the access token was revoked (a role change or logout): sign in again",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return verified.principal
+
+
 async def _principal(request: Request) -> Principal:
     """The caller. Read straight from the header (no HTTPBearer sub-dependency:
     each level of dependency costs time); /docs learns of the scheme from
     :func:`api.app.document_bearer_auth`."""
-    principal = principal_of(request.headers.get("authorization", ""), request.app.state.jwt_secret)
+    principal = await principal_of(request.app.state, request.headers.get("authorization", ""))
     request.state.principal = principal  # for rate limits and logs
     return principal
 

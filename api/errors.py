@@ -33,6 +33,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "invalid_credentials": (401, "Email or password is wrong"),
     "refresh_token_reused": (401, "This refresh token was already used; the session is revoked"),
     "forbidden": (403, "You may not do this"),
+    "own_role": (403, "Nobody changes their own role"),
     "email_taken": (409, "An account with this email exists"),
     "rate_limited": (429, "Too many requests"),
     # resources

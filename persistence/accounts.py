@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from persistence.models import OrganizerApplication, RefreshToken, User
 from sales.vocabulary import ApplicationStatus, Role
@@ -65,13 +65,31 @@ async def user_by_id(db: AsyncEngine, user_id: uuid.UUID) -> Account | None:
 
 
 async def set_role(db: AsyncEngine, user_id: uuid.UUID, role: Role) -> Account | None:
+    """A new role, and if it changed, the end of every session of the user
+    (their refresh tokens are revoked in the same transaction): they sign in
+    again under the new role."""
     async with db.begin() as conn:
+        before = (
+            await conn.execute(select(User.role).where(User.id == user_id).with_for_update())
+        ).scalar_one_or_none()
+        if before is None:
+            return None
         row = (
             await conn.execute(
                 update(User).where(User.id == user_id).values(role=role).returning(User)
             )
-        ).one_or_none()
-    return _account(row) if row else None
+        ).one()
+        if before != role:
+            await _revoke_sessions(conn, user_id)
+    return _account(row)
+
+
+async def _revoke_sessions(conn: AsyncConnection, user_id: uuid.UUID) -> None:
+    await conn.execute(
+        update(RefreshToken)
+        .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=datetime.now(UTC))
+    )
 
 
 async def set_password(db: AsyncEngine, user_id: uuid.UUID, password_hash: str) -> None:
@@ -268,9 +286,11 @@ async def decide_application(
             )
         ).one()
         if approve:
-            await conn.execute(
+            promoted = await conn.execute(
                 update(User)
                 .where(User.id == row.user_id, User.role == Role.CUSTOMER)
                 .values(role=Role.ORGANIZER)
             )
+            if promoted.rowcount:
+                await _revoke_sessions(conn, row.user_id)
     return _application(decided)

@@ -31,9 +31,17 @@ class Principal:
         return self.user_id.hex
 
 
+def owns_as_organizer(organizer_id: uuid.UUID | None, user: Principal) -> bool:
+    """The event's organizer, while an organizer: someone demoted keeps their
+    events' ownership in the records but none of its powers."""
+    return user.role is Role.ORGANIZER and organizer_id is not None and organizer_id == user.user_id
+
+
 def may_manage(event: EventRecord, user: Principal | None) -> bool:
     """The event's organizer, and admins."""
-    return user is not None and (user.role is Role.ADMIN or event.organizer_id == user.user_id)
+    return user is not None and (
+        user.role is Role.ADMIN or owns_as_organizer(event.organizer_id, user)
+    )
 
 
 def may_see_event(event: EventRecord, user: Principal | None) -> bool:
@@ -46,7 +54,7 @@ def may_see_sale(customer_id: str, organizer_id: uuid.UUID | None, user: Princip
     return (
         user.role is Role.ADMIN
         or customer_id == user.customer_id
-        or (organizer_id is not None and organizer_id == user.user_id)
+        or owns_as_organizer(organizer_id, user)
     )
 
 

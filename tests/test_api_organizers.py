@@ -12,7 +12,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.api_http import (
     EVENT,
-    bearer,
     make_user,
     problem,
     refresh,
@@ -20,6 +19,7 @@ from tests.api_http import (
 )
 from tests.api_support import (
     User,
+    login,
     register,
 )
 
@@ -100,7 +100,7 @@ async def test_non_admins_cannot_list_or_decide_applications(
     assert await role_in_db(db, applicant.id) == "customer"
 
 
-async def test_approval_makes_the_applicant_an_organizer_from_their_next_token(
+async def test_approval_makes_the_applicant_an_organizer_once_they_sign_in_again(
     http: httpx.AsyncClient, db: AsyncEngine
 ) -> None:
     admin = await make_user(db, http, "admin")
@@ -126,11 +126,13 @@ async def test_approval_makes_the_applicant_an_organizer_from_their_next_token(
     assert r.json()["decided_at"] is not None
     assert await role_in_db(db, applicant.id) == "organizer"
 
-    # Their current access token still says customer; a refreshed one says organizer.
-    rotated = await refresh(http, applicant.refresh)
-    assert rotated.status_code == 200, rotated.text
-    assert rotated.json()["user"]["role"] == "organizer"
-    new_auth = bearer(rotated.json()["access_token"])
+    # The customer's token and session ended with the approval; signed in
+    # again, the applicant is an organizer.
+    problem(await http.get("/auth/me", headers=applicant.auth), 401, "invalid_token")
+    problem(await refresh(http, applicant.refresh), 401, "invalid_token")
+    again = await login(http, applicant.email)
+    assert again.role == "organizer"
+    new_auth = again.auth
     me = await http.get("/auth/me", headers=new_auth)
     assert me.json()["role"] == "organizer"
     created = await http.post("/events", json=EVENT, headers=new_auth)
@@ -199,9 +201,13 @@ async def test_admin_sets_a_users_role(http: httpx.AsyncClient, db: AsyncEngine)
         "role": "organizer",
     }
     assert await role_in_db(db, user.id) == "organizer"
-    rotated = await refresh(http, user.refresh)
-    assert rotated.json()["user"]["role"] == "organizer"
-    created = await http.post("/events", json=EVENT, headers=bearer(rotated.json()["access_token"]))
+    # The customer's token and session ended with the role; signed in again,
+    # the user is an organizer.
+    problem(await http.get("/auth/me", headers=user.auth), 401, "invalid_token")
+    problem(await refresh(http, user.refresh), 401, "invalid_token")
+    again = await login(http, user.email)
+    assert again.role == "organizer"
+    created = await http.post("/events", json=EVENT, headers=again.auth)
     assert created.status_code == 201, created.text
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 
 from api.deps import Admin, CurrentUser, DbDep
 from api.errors import ApiError
@@ -50,7 +50,7 @@ async def applications(
 
 
 async def _decide(
-    db: DbDep, application_id: uuid.UUID, approve: bool, admin_id: uuid.UUID
+    request: Request, db: DbDep, application_id: uuid.UUID, approve: bool, admin_id: uuid.UUID
 ) -> ApplicationOut:
     try:
         decided = await accounts.decide_application(db, application_id, approve, admin_id)
@@ -58,6 +58,8 @@ async def _decide(
         raise ApiError(exc.code) from exc
     if decided is None:
         raise ApiError("not_found", "no such application")
+    if approve:  # a new role: the applicant's tokens and sessions end
+        await request.app.state.token_versions.bump(decided.user_id)
     return _out(decided)
 
 
@@ -65,22 +67,35 @@ async def _decide(
     "/admin/organizer-applications/{application_id}/approve",
     responses=problem_responses(401, 403, 404, 409),
 )
-async def approve(application_id: uuid.UUID, admin: Admin, db: DbDep) -> ApplicationOut:
-    """Approves; the applicant is an organizer from their next token on."""
-    return await _decide(db, application_id, True, admin.user_id)
+async def approve(
+    application_id: uuid.UUID, admin: Admin, db: DbDep, request: Request
+) -> ApplicationOut:
+    """Approves: the applicant is an organizer once they sign in again (their
+    tokens and sessions of the customer end at once)."""
+    return await _decide(request, db, application_id, True, admin.user_id)
 
 
 @router.post(
     "/admin/organizer-applications/{application_id}/reject",
     responses=problem_responses(401, 403, 404, 409),
 )
-async def reject(application_id: uuid.UUID, admin: Admin, db: DbDep) -> ApplicationOut:
-    return await _decide(db, application_id, False, admin.user_id)
+async def reject(
+    application_id: uuid.UUID, admin: Admin, db: DbDep, request: Request
+) -> ApplicationOut:
+    return await _decide(request, db, application_id, False, admin.user_id)
 
 
 @router.patch("/admin/users/{user_id}/role", responses=problem_responses(401, 403, 404, 422))
-async def set_role(user_id: uuid.UUID, body: RoleIn, _: Admin, db: DbDep) -> UserOut:
+async def set_role(
+    user_id: uuid.UUID, body: RoleIn, admin: Admin, db: DbDep, request: Request
+) -> UserOut:
+    """Sets a user's role. It takes effect on their next request: every token
+    and session they hold ends, and they sign in again under the new role.
+    Nobody changes their own role."""
+    if user_id == admin.user_id:
+        raise ApiError("own_role")
     account = await accounts.set_role(db, user_id, body.role)
     if account is None:
         raise ApiError("not_found", "no such user")
+    await request.app.state.token_versions.bump(user_id)
     return UserOut(id=account.id, email=account.email, name=account.name, role=account.role)

@@ -32,18 +32,18 @@ async def _session(request: Request, account: Account) -> TokensOut:
     await accounts.store_refresh_token(
         request.app.state.db, account.id, digest, settings.refresh_token_ttl_s
     )
-    return _tokens(request, account, refresh)
+    return await _tokens(request, account, refresh)
 
 
-def _tokens(request: Request, account: Account, refresh: str) -> TokensOut:
-    settings = request.app.state.settings
+async def _tokens(request: Request, account: Account, refresh: str) -> TokensOut:
+    state = request.app.state
+    ttl_s = state.settings.access_token_ttl_s
+    version = await state.token_versions.current(account.id)
     return TokensOut(
         user=_user(account),
-        access_token=issue_access_token(
-            request.app.state.jwt_secret, account.id, account.role, settings.access_token_ttl_s
-        ),
+        access_token=issue_access_token(state.jwt_secret, account.id, account.role, ttl_s, version),
         refresh_token=refresh,
-        expires_in=settings.access_token_ttl_s,
+        expires_in=ttl_s,
     )
 
 
@@ -88,13 +88,15 @@ async def refresh(body: RefreshIn, request: Request, db: DbDep, settings: Settin
         raise ApiError("refresh_token_reused")
     if outcome is Rotation.INVALID or account is None:
         raise ApiError("invalid_token", "the refresh token is unknown, expired or revoked")
-    return _tokens(request, account, new)
+    return await _tokens(request, account, new)
 
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, responses=problem_responses(401))
-async def logout(body: RefreshIn, user: CurrentUser, db: DbDep) -> Response:
-    """Ends the session the refresh token belongs to."""
+async def logout(body: RefreshIn, user: CurrentUser, db: DbDep, request: Request) -> Response:
+    """Ends the session the refresh token belongs to, and every access token
+    of the caller from the next request on (other sessions refresh theirs)."""
     await accounts.revoke_family(db, refresh_token_hash(body.refresh_token), user.user_id)
+    await request.app.state.token_versions.bump(user.user_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

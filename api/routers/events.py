@@ -19,7 +19,7 @@ from api.deps import (
     Organizer,
     RedisDep,
     SettingsDep,
-    principal_of,
+    signed_principal,
 )
 from api.errors import ApiError
 from api.event_cache import Rendered
@@ -236,11 +236,13 @@ AVAILABILITY_ROUTE = "/events/{event_id}/availability"
 
 
 def _check_caller(scope: Scope) -> None:
-    """A token, if one came, is valid (as the routes' OptionalUser insists:
-    a bad token is an error, not anonymity); raises ApiError otherwise."""
+    """A token, if one came, is signed and unexpired (as the routes'
+    OptionalUser insists: a bad token is an error, not anonymity); raises
+    ApiError otherwise. Its version is not looked up: a published event reads
+    the same to everyone, so a revoked token shows nothing here."""
     for name, value in scope["headers"]:
         if name == b"authorization":
-            principal_of(value.decode("latin-1"), scope["app"].state.jwt_secret)
+            signed_principal(value.decode("latin-1"), scope["app"].state.jwt_secret)
 
 
 async def _send_tagged(scope: Scope, send: Send, body: bytes, tag: str) -> None:

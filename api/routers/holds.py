@@ -81,7 +81,7 @@ async def hold_answer(
     derived from it, and the engine is the one that answers a retry: the hold
     again (``Idempotent-Replayed: true``), the same refusal, or
     ``idempotency_key_reused`` for another body. No Redis round trip here."""
-    user = principal_of(authorization, state.jwt_secret)
+    user = await principal_of(state, authorization)
     if user.role is not Role.CUSTOMER:
         raise ApiError("forbidden", "this needs the role customer")
     body = parse_json(raw, HoldIn)
