@@ -53,6 +53,9 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "hold_not_active": (409, "The hold is no longer active"),
     "order_exists": (409, "An order for this hold exists"),
     "order_not_paid": (409, "Only a paid order can be refunded"),
+    "refund_in_progress": (409, "This order's refund is under way"),
+    "ticket_checked_in": (409, "A ticket of this order was admitted: no refund"),
+    "refund_closed": (403, "The event has started or closed: refunds are its organizer's call"),
     "payments_unavailable": (503, "The payment provider is unavailable; try again"),
     "invalid_signature": (400, "The webhook signature is missing, wrong or stale"),
     "not_settled": (503, "The payment event could not be settled now; send it again"),
@@ -60,6 +63,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     # tickets and the door
     "invalid_ticket": (400, "Not a valid ticket for this event"),
     "already_checked_in": (409, "This ticket was already checked in"),
+    "ticket_refunding": (409, "This ticket's order is being refunded"),
     "ticket_revoked": (410, "This ticket was revoked (its order was refunded)"),
     # engine (mirrors engine.errors)
     "event_not_found": (404, "The event has no inventory on sale"),

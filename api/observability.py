@@ -183,7 +183,11 @@ class RequestMiddleware:
             await send(message)
 
         try:
-            refusal = self._too_large(headers) or await _over_global_limit(scope)
+            refusal = (
+                self._too_large(headers)
+                or _unusable_target(scope)
+                or await _over_global_limit(scope)
+            )
             limited = _limited(receive, self.max_body_bytes)
             if refusal is not None:
                 await refusal(scope, receive, send_with_id)
@@ -230,6 +234,21 @@ class RequestMiddleware:
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
             return ApiError("body_too_large", f"at most {self.max_body_bytes} bytes").response()
         return None
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _unusable_target(scope: Scope) -> Any:
+    """A control character (a NUL above all) in the path or the query names
+    nothing onsale has, and Postgres refuses NUL in text: such a request is
+    refused here, before any route reads an id from it."""
+    if _CONTROL.search(scope["path"]):
+        return ApiError("not_found", "no such resource").response()
+    query = scope.get("query_string", b"")
+    if b"%00" in query or _CONTROL.search(query.decode("latin-1")):
+        return ApiError("invalid_request", "the query string has a control character").response()
+    return None
 
 
 UNLIMITED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # probes and scrapers

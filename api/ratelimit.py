@@ -1,10 +1,12 @@
 """Rate limits on Redis with the ``limits`` library, shared by every worker.
 
-``ONSALE_RATE_LIMITS`` names them: ``login=5/minute,holds=20/minute,
-global=300/minute`` by default, ``off`` for none (load tests of the engine
-itself). login is per client address and email, holds per user, global per
-client address. On a Redis Cluster (``ONSALE_REDIS_CLUSTER``) the limits live
-in ``limits``' cluster storage: each counter is one key, so one slot.
+``ONSALE_RATE_LIMITS`` names them: ``login=5/minute,register=5/hour,
+holds=20/minute,global=300/minute`` by default, ``off`` for none (load tests
+of the engine itself, and in-process tests, which all come from one
+address). login is per client address and email, register (new accounts)
+per client address, holds per user, global per client address. On a Redis
+Cluster (``ONSALE_REDIS_CLUSTER``) the limits live in ``limits``' cluster
+storage: each counter is one key, so one slot.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 
 from api.errors import ApiError
 
-NAMES = ("login", "holds", "global")
+NAMES = ("login", "register", "holds", "global")
 KEY_PREFIX = "onsale:limits"
 
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, model_validator
 
+from persistence.events import DEFAULT_MAX_TICKETS_PER_CUSTOMER
 from sales.vocabulary import (
     ApplicationStatus,
     EventStatus,
@@ -104,7 +105,13 @@ class EventIn(Body):
     currency: str = Field(pattern=r"^[A-Z]{3}$")
     description: str | None = Field(default=None, max_length=5000)
     hold_ttl_s: int = Field(default=600, ge=30, le=3600)
-    max_tickets_per_customer: int = Field(default=0, ge=0, le=100, description="0: no limit")
+    max_tickets_per_customer: int = Field(
+        default=DEFAULT_MAX_TICKETS_PER_CUSTOMER,
+        ge=0,
+        le=100,
+        description="tickets one customer may hold and buy (held and sold count alike); "
+        "left out: 8; 0: no limit",
+    )
 
 
 class EventPatch(Body):

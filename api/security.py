@@ -9,6 +9,7 @@ SHA-256 is stored, so a database leak does not leak sessions.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import time
@@ -107,10 +108,16 @@ class TokenVersions:
     below the user's. The key lives as long as an access token, after which
     every token issued before the bump has expired anyway: so only users who
     changed role or logged out in the last ``access_token_ttl_s`` have one,
-    and an absent key is version 0. One GET per authenticated request, on
-    Redis like the rest of the hot path; never Postgres."""
+    and an absent key is version 0.
 
-    PREFIX = "onsale:token-version:"
+    Every authenticated request reads the version from Redis (never Postgres),
+    after the request arrived; the reads of requests that arrive together are
+    one MGET, sent on the event loop's next turn, so the check costs the hold
+    path a future rather than a round trip of its own (one GET per hold took
+    the hold route from 0.71 to 0.52 of /healthz). The keys share a hash tag,
+    so the MGET works on a Redis Cluster too."""
+
+    PREFIX = "onsale:{token-version}:"
     _BUMP = """
 local v = math.max(tonumber(ARGV[1]), (tonumber(redis.call('GET', KEYS[1])) or 0) + 1)
 redis.call('SET', KEYS[1], v, 'EX', ARGV[2])
@@ -121,15 +128,45 @@ return v
         self.redis = redis
         self.keep_s = token_ttl_s + 60  # a little past the last token's expiry
         self._bump = redis.register_script(self._BUMP)
+        self._waiting: dict[str, list[asyncio.Future[int]]] = {}
 
     async def current(self, user_id: uuid.UUID) -> int:
-        value = await self.redis.get(self.PREFIX + user_id.hex)
-        return int(value) if value is not None else 0
+        key = self.PREFIX + user_id.hex
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        if not self._waiting:
+            asyncio.get_running_loop().call_soon(self._send)
+        self._waiting.setdefault(key, []).append(future)
+        return await future
+
+    def _send(self) -> None:
+        waiting, self._waiting = self._waiting, {}
+        task = asyncio.get_running_loop().create_task(self._read(waiting))
+        _reads.add(task)
+        task.add_done_callback(_reads.discard)
+
+    async def _read(self, waiting: dict[str, list[asyncio.Future[int]]]) -> None:
+        keys = list(waiting)
+        try:
+            values = await self.redis.mget(keys)
+        except Exception as exc:  # every waiting request gets the error (503)
+            for futures in waiting.values():
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(exc)
+            return
+        for key, value in zip(keys, values, strict=True):
+            version = int(value) if value is not None else 0
+            for future in waiting[key]:
+                if not future.done():
+                    future.set_result(version)
 
     async def bump(self, user_id: uuid.UUID) -> int:
         """Every access token issued to the user before now stops working."""
         now_ms = int(time.time() * 1000)
         return int(await self._bump(keys=[self.PREFIX + user_id.hex], args=[now_ms, self.keep_s]))
+
+
+_reads: set[asyncio.Task[None]] = set()  # reads in flight, kept from the collector
 
 
 def _decode_access_token(secret: str, token: str) -> Verified:

@@ -53,8 +53,8 @@ class Settings(BaseSettings):
     access_token_ttl_s: int = 15 * 60
     refresh_token_ttl_s: int = 30 * 24 * 3600
 
-    # "login=5/minute,holds=20/minute,global=300/minute", or "off".
-    rate_limits: str = "login=5/minute,holds=20/minute,global=300/minute"
+    # "login=5/minute,register=5/hour,holds=20/minute,global=300/minute", or "off".
+    rate_limits: str = "login=5/minute,register=5/hour,holds=20/minute,global=300/minute"
     max_body_bytes: int = 64 * 1024
     events_cache_s: int = 60
     # Tickets: the Ed25519 private key (PEM, PKCS#8) that signs them; None:
@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     )
     stripe_api_base: str | None = None
     payment_window_s: int = Field(default=900, ge=10, le=3600)
+    # A refund claimed for longer than this (its request died before Stripe
+    # answered) may be asked again; the door refuses its tickets meanwhile.
+    refund_claim_s: float = Field(default=300, gt=0)
     # Calls to Stripe at once per process, and how long one may take, before
     # checkout answers 503 payments_unavailable with Retry-After.
     payments_max_concurrent: int = Field(default=32, ge=1)

@@ -217,7 +217,14 @@ async def prepare(database_url: str, redis_url: str) -> tuple[str, str]:
     event_id = f"bench-http-{uuid.uuid4().hex[:8]}"
     run_id = uuid.uuid4().hex
     try:
-        draft = EventDraft("HTTP bench", "Bench", datetime.now(UTC), "EUR", hold_ttl_s=600)
+        draft = EventDraft(  # no per-customer limit: the figures stay comparable
+            "HTTP bench",
+            "Bench",
+            datetime.now(UTC),
+            "EUR",
+            hold_ttl_s=600,
+            max_tickets_per_customer=0,
+        )
         floor = SectionSpec("GA", "Floor", 3000, SectionKind.GENERAL, capacity=GA_CAPACITY)
         await catalog.create_event(
             db, None, draft, [floor], event_id=event_id, max_places=GA_CAPACITY

@@ -18,6 +18,11 @@ from sales.vocabulary import EventStatus, SectionKind
 MAX_SEATS_PER_EVENT = 200_000
 
 
+# Tickets one customer may hold and buy per event when the organizer says
+# nothing: one account cannot hold a venue (0, "no limit", must be asked for).
+DEFAULT_MAX_TICKETS_PER_CUSTOMER = 8
+
+
 @dataclass(frozen=True)
 class EventDraft:
     """What an organizer says about a new event (sections come one by one)."""
@@ -28,7 +33,8 @@ class EventDraft:
     currency: str
     description: str | None = None
     hold_ttl_s: int = 600
-    max_tickets_per_customer: int = 0  # 0: no limit
+    # 0: no limit, only ever an explicit choice; left out, a protective cap
+    max_tickets_per_customer: int = DEFAULT_MAX_TICKETS_PER_CUSTOMER
 
 
 @dataclass(frozen=True)

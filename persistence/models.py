@@ -185,6 +185,9 @@ class Order(Base):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # e.g. "seats_resold" for a late payment refunded automatically
     status_reason: Mapped[str | None] = mapped_column(String(64))
+    # set when a refund is asked of Stripe (persistence.orders.claim_refund):
+    # from then on the door refuses the order's tickets
+    refund_claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Ticket(Base):

@@ -12,14 +12,15 @@ import hashlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from enum import Enum
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import exists, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from persistence.models import Event, Order, Ticket
+from persistence.models import CheckIn, Event, Order, Ticket
 from sales.items import OrderItem, items_from_json, items_to_json
 from sales.vocabulary import OrderStatus, TicketStatus
 
@@ -166,3 +167,53 @@ async def list_orders(db: AsyncEngine, customer_id: str, limit: int = 100) -> li
             )
         ).all()
     return [_order(r) for r in rows]
+
+
+class RefundClaim(Enum):
+    CLAIMED = "claimed"  # this caller asks Stripe
+    IN_PROGRESS = "in_progress"  # another request is asking Stripe now
+    CHECKED_IN = "checked_in"  # a ticket of the order was admitted at the door
+    UNKNOWN = "unknown"  # no such order in Postgres
+
+
+async def claim_refund(db: AsyncEngine, order_id: str, stale_after_s: float) -> RefundClaim:
+    """Claims the order's refund before Stripe is asked, unless a ticket of it
+    was admitted or another claim is under way; the door refuses the order's
+    tickets once it is claimed (:func:`persistence.tickets.check_in`).
+
+    The order's row is locked first, and each check is a statement of its own,
+    so it sees every check-in committed before the lock was granted (a scan
+    holds the same row while it admits). A claim older than
+    ``stale_after_s`` (its request died before Stripe answered) may be taken
+    again: Stripe's idempotency key makes the second ask the same refund."""
+    async with db.begin() as conn:
+        claimed_at = (
+            await conn.execute(
+                select(Order.refund_claimed_at).where(Order.id == order_id).with_for_update()
+            )
+        ).one_or_none()
+        if claimed_at is None:
+            return RefundClaim.UNKNOWN
+        now = datetime.now(UTC)
+        if claimed_at[0] is not None and claimed_at[0] > now - timedelta(seconds=stale_after_s):
+            return RefundClaim.IN_PROGRESS
+        admitted = (
+            await conn.execute(
+                select(
+                    exists()
+                    .where(CheckIn.ticket_id == Ticket.id)
+                    .where(Ticket.order_id == order_id)
+                )
+            )
+        ).scalar_one()
+        if admitted:
+            return RefundClaim.CHECKED_IN
+        await conn.execute(update(Order).where(Order.id == order_id).values(refund_claimed_at=now))
+    return RefundClaim.CLAIMED
+
+
+async def release_refund_claim(db: AsyncEngine, order_id: str) -> None:
+    """Stripe refused or could not be reached: nothing was refunded, the
+    tickets work again and the refund may be asked again."""
+    async with db.begin() as conn:
+        await conn.execute(update(Order).where(Order.id == order_id).values(refund_claimed_at=None))

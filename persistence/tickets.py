@@ -46,6 +46,7 @@ class CheckInResult:
     at: datetime | None = None
     section_code: str = ""
     seat_id: str | None = None
+    refunding: bool = False  # the order's refund is claimed: not admitted
 
 
 # Ticket ids and serials are derived from their order, so the tickets of a
@@ -114,6 +115,13 @@ async def get_ticket(db: AsyncEngine, ticket_id: uuid.UUID) -> TicketView | None
     return None if row is None else _view(row)
 
 
+_REFUND_CLAIMED = text(
+    """
+    SELECT o.refund_claimed_at IS NOT NULL FROM tickets t JOIN orders o ON o.id = t.order_id
+    WHERE t.id = :ticket_id FOR SHARE OF o
+    """
+)
+
 _CHECK_IN = text(
     f"""
     WITH ticket AS (
@@ -136,6 +144,12 @@ async def check_in(
     db: AsyncEngine, ticket_id: uuid.UUID, event_id: str, serial: str, scanned_by: uuid.UUID
 ) -> CheckInResult:
     async with db.begin() as conn:
+        # The order's row, shared with other scans and exclusive of a refund
+        # claim (persistence.orders.claim_refund): a refund and a scan of the
+        # same order never both go ahead.
+        refunding = (await conn.execute(_REFUND_CLAIMED, {"ticket_id": ticket_id})).scalar()
+        if refunding:
+            return CheckInResult(valid=False, refunding=True)
         row = (
             await conn.execute(
                 _CHECK_IN,

@@ -4,7 +4,9 @@ Scanning is for the event's organizer and admins. The token's signature and
 event are verified first; then one statement records the first scan if the
 ticket is still valid and is the issue the token names
 (:func:`persistence.tickets.check_in`), so fifty scans of one ticket at once
-admit it once, and a refunded ticket is refused.
+admit it once, and a refunded ticket is refused, as is one whose refund is
+under way: a refund and a scan of one order never both go ahead
+(:func:`persistence.orders.claim_refund`).
 """
 
 from __future__ import annotations
@@ -16,14 +18,11 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from engine.client import EngineClient
-from engine.outbox import OrderConfirmed
 from persistence import tickets as ticket_store
-from persistence.writer import record_sale
 from sales.access import Principal, managed_event
 from sales.errors import SaleRefused
 from sales.holds import EventLookup
-from sales.items import Places
-from sales.orders import engine_order
+from sales.orders import engine_order, record_paid
 from sales.ticketing import InvalidTicket, TicketSigner
 from sales.vocabulary import OrderStatus
 
@@ -54,10 +53,13 @@ async def check_in(
     result = await ticket_store.check_in(db, ticket_id, event.id, claims.serial, user.user_id)
     if (
         not result.valid
+        and not result.refunding
         and claims.order_id
         and await _record_if_sold(db, engine, events, claims.order_id, ticket_id)
     ):
         result = await ticket_store.check_in(db, ticket_id, event.id, claims.serial, user.user_id)
+    if result.refunding:
+        raise SaleRefused("ticket_refunding", "the ticket's order is being refunded")
     if not result.valid:
         raise SaleRefused("invalid_ticket", "the ticket was revoked or does not exist")
     assert result.at is not None
@@ -75,29 +77,14 @@ async def _record_if_sold(
     db: AsyncEngine, engine: EngineClient, events: EventLookup, order_id: str, ticket_id: uuid.UUID
 ) -> bool:
     """A ticket of a sale the writer has not recorded yet: the engine says the
-    order is paid and has the ticket, so the sale is written now (as the writer
-    will write it: idempotent by order id) and the scan goes ahead."""
+    order is paid and has the ticket, so the sale is written now and the scan
+    goes ahead."""
     order = await engine_order(engine, events, order_id)
     if order is None or order.status is not OrderStatus.PAID:
         return False
     if all(t.id != ticket_id for t in order.tickets):
         return False
-    places = Places.of(order.items)
-    confirmed_ms = int((order.confirmed_at or order.created_at).timestamp() * 1000)
-    await record_sale(
-        db,
-        OrderConfirmed(
-            event_id=order.event_id,
-            order_id=order.id,
-            hold_id=order.hold_id,
-            customer_id=order.customer_id,
-            seats=places.seats or (),
-            section=places.section,
-            quantity=places.quantity,
-            confirmed_at_ms=confirmed_ms,
-            meta={"amount_cents": order.amount_cents, "currency": order.currency},
-        ),
-    )
+    await record_paid(db, order)
     return True
 
 

@@ -22,11 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from engine.client import EngineClient
 from engine.model import HoldView
+from engine.outbox import OrderConfirmed
 from engine.redis_client import AsyncRedis
 from persistence import orders as order_store
 from persistence import payments as payment_store
 from persistence.orders import OrderRecord, TicketRecord
 from persistence.tickets import issued
+from persistence.writer import record_sale
 from sales import lookups
 from sales.access import Principal, may_see_sale
 from sales.errors import SaleRefused
@@ -186,3 +188,25 @@ async def my_orders(
         if order is not None and order.customer_id == user.customer_id:
             by_id[order.id] = order
     return sorted(by_id.values(), key=lambda o: (o.created_at, o.id), reverse=True)[:100]
+
+
+async def record_paid(db: AsyncEngine, order: OrderRecord) -> None:
+    """A paid order the writer has not recorded yet, written now as the writer
+    will write it (idempotent by order id): for the door and refunds, which
+    need its tickets in Postgres before they go ahead."""
+    places = Places.of(order.items)
+    confirmed_ms = int((order.confirmed_at or order.created_at).timestamp() * 1000)
+    await record_sale(
+        db,
+        OrderConfirmed(
+            event_id=order.event_id,
+            order_id=order.id,
+            hold_id=order.hold_id,
+            customer_id=order.customer_id,
+            seats=places.seats or (),
+            section=places.section,
+            quantity=places.quantity,
+            confirmed_at_ms=confirmed_ms,
+            meta={"amount_cents": order.amount_cents, "currency": order.currency},
+        ),
+    )

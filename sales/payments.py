@@ -30,6 +30,20 @@ class Intent:
     id: str
     client_secret: str | None
     status: str
+    amount_received: int | None = None  # what Stripe took, in the currency's minor unit
+    currency: str | None = None
+
+
+def received(intent: Any) -> tuple[int | None, str | None]:
+    """(amount received, currency) of a PaymentIntent, as a dict or an object.
+    localstripe reports no ``amount_received``: a succeeded intent took its
+    ``amount`` in full there."""
+    get = intent.get if isinstance(intent, dict) else lambda k: getattr(intent, k, None)
+    amount = get("amount_received")
+    if amount is None and get("status") == "succeeded":
+        amount = get("amount")
+    currency = get("currency")
+    return (int(amount) if amount is not None else None), (str(currency) if currency else None)
 
 
 class Payments:
@@ -103,7 +117,7 @@ class Payments:
     async def retrieve(self, payment_intent_id: str) -> Intent:
         """The PaymentIntent as Stripe has it now (reconciliation)."""
         intent = await self._call(self._client.v1.payment_intents.retrieve, payment_intent_id)
-        return Intent(intent.id, None, str(intent.status))
+        return Intent(intent.id, None, str(intent.status), *received(intent))
 
     async def cancel(self, payment_intent_id: str) -> Intent:
         """Cancels a PaymentIntent that was never paid, so it can no longer

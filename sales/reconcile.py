@@ -82,7 +82,7 @@ class Reconciler:
         if intent.status not in ("succeeded", "canceled") and past_hope:
             intent = await s.payments.cancel(intent_id)
         if intent.status == "succeeded":
-            await s.paid(order, intent_id)
+            await s.succeeded(order, intent_id, intent.amount_received, intent.currency)
         elif intent.status == "canceled":
             await s.cancelled(order)
         else:

@@ -10,7 +10,11 @@ Every step is idempotent by order id, so even a handled event delivered
 twice at once sells nothing twice. Reconciliation (:mod:`sales.reconcile`)
 settles through the same functions when a webhook never comes.
 
-- ``payment_intent.succeeded``: sell the hold to the order. If the hold lapsed,
+- ``payment_intent.succeeded``: the order is the one whose checkout recorded
+  the PaymentIntent (never the metadata's word), and Stripe must have taken
+  its amount in its currency; otherwise the payment is recorded, alerted
+  (log and ``onsale_payment_mismatches_total``) and refunded. Then sell the
+  hold to the order. If the hold lapsed,
   sell the same seats if they are still free (a late sale). If someone else
   has them, or the event was cancelled meanwhile, refund the payment (the
   order ends ``refunded``, reason ``seats_resold`` or ``event_cancelled``):
@@ -18,8 +22,9 @@ settles through the same functions when a webhook never comes.
 - ``payment_intent.payment_failed``: noted; the buyer may try another card
   while the hold lasts, then it frees itself.
 - ``payment_intent.canceled``: the order ends ``cancelled``, the hold is released.
-- ``charge.refunded`` (a refund made in Stripe's dashboard): the seats go back
-  on sale, as for a refund asked through onsale.
+- ``charge.refunded`` (a refund made in Stripe's dashboard): once the whole
+  charge is refunded the seats go back on sale, as for a refund asked through
+  onsale; a partial refund leaves the order paid and its tickets valid.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from engine.client import EngineClient
@@ -45,11 +51,23 @@ from sales import lookups
 from sales.holds import EventLookup
 from sales.items import Places
 from sales.orders import current_order
-from sales.payments import Payments
+from sales.payments import Payments, received
 from sales.refunds import return_to_sale
 from sales.vocabulary import OrderStatus, PaymentStatus
 
 log = logging.getLogger(__name__)
+MISMATCHES = Counter(
+    "onsale_payment_mismatches_total",
+    "Succeeded payments that could not pay an order as they stood: a PaymentIntent "
+    "onsale did not make naming one of its orders, or the wrong amount or currency",
+    ["reason"],
+)
+
+
+def _alert(reason: str, what: str) -> None:
+    """Recorded in the log and the metric an operator alerts on."""
+    MISMATCHES.labels(reason).inc()
+    log.error("payment mismatch (%s): %s", reason, what)
 
 
 class Settlement:
@@ -79,12 +97,17 @@ class Settlement:
         kind = event.get("type", "")
         obj = event.get("data", {}).get("object", {})
         intent_id = obj.get("payment_intent") if kind.startswith("charge.") else obj.get("id")
-        order = await self.order_paid_by(intent_id, (obj.get("metadata") or {}).get("order_id"))
+        order = await self.order_paid_by(intent_id)
         if order is None:
-            log.info("stripe %s for no order of ours (%s)", kind, intent_id)
+            named = (obj.get("metadata") or {}).get("order_id")
+            if named and kind == "payment_intent.succeeded":  # not ours, yet it names our order
+                _alert("unknown_intent", f"PaymentIntent {intent_id} names order {named}")
+            else:
+                log.info("stripe %s for no order of ours (%s)", kind, intent_id)
             return
         if kind == "payment_intent.succeeded":
-            await self.paid(order, intent_id, stripe_event=event["id"])
+            amount, currency = received(obj)
+            await self.succeeded(order, intent_id, amount, currency, stripe_event=event["id"])
         elif kind == "payment_intent.payment_failed":
             if order.status is OrderStatus.PENDING_PAYMENT:
                 await self.engine.note_payment(
@@ -93,18 +116,55 @@ class Settlement:
         elif kind == "payment_intent.canceled":
             await self.cancelled(order, stripe_event=event["id"])
         elif kind == "charge.refunded" and order.status is OrderStatus.PAID:
-            await return_to_sale(self.engine, order)
+            if obj.get("refunded"):  # the whole charge: the seats go back on sale
+                await return_to_sale(self.engine, order)
+            else:  # part of it (a goodwill gesture in the dashboard): the sale stands
+                log.warning(
+                    "order %s: %s of %s refunded in Stripe's dashboard; the order stays paid",
+                    order.id,
+                    obj.get("amount_refunded"),
+                    obj.get("amount"),
+                )
 
-    async def order_paid_by(
-        self, intent_id: str | None, order_id: str | None
-    ) -> OrderRecord | None:
-        if not order_id and intent_id:  # charge events carry the intent, not our metadata
-            order_id = await lookups.order_of_intent(self.redis, intent_id)
-            if order_id is None:  # an order older than the lookup: Postgres knows
-                order_id = await payment_store.order_of_intent(self.db, intent_id)
+    async def order_paid_by(self, intent_id: str | None) -> OrderRecord | None:
+        """The order whose checkout recorded this PaymentIntent (Redis, then
+        Postgres for older ones). Never the metadata's word: anyone with the
+        account's key can make a PaymentIntent that names any order."""
+        if not intent_id:
+            return None
+        order_id = await lookups.order_of_intent(self.redis, intent_id)
+        if order_id is None:  # an order older than the lookup: Postgres knows
+            order_id = await payment_store.order_of_intent(self.db, intent_id)
         if not order_id:
             return None
         return await current_order(self.db, self.engine, self.events, order_id)
+
+    async def succeeded(
+        self,
+        order: OrderRecord,
+        intent_id: str,
+        amount: int | None,
+        currency: str | None,
+        *,
+        stripe_event: str = "",
+    ) -> None:
+        """A succeeded payment of the order's own PaymentIntent: sold if Stripe
+        took the order's amount in its currency; otherwise recorded, alerted
+        and refunded, and the order ends ``refunded`` (``payment_mismatch``)."""
+        if (
+            amount == order.amount_cents
+            and (currency or "").lower() == (order.currency or "").lower()
+        ):
+            await self.paid(order, intent_id, stripe_event=stripe_event)
+            return
+        _alert(
+            "amount_mismatch",
+            f"order {order.id} costs {order.amount_cents} {order.currency}; "
+            f"PaymentIntent {intent_id} took {amount} {currency}",
+        )
+        if order.status is OrderStatus.PENDING_PAYMENT:
+            await self._give_back(order, intent_id, "payment_mismatch", "amount", stripe_event)
+        await lookups.settled(self.redis, order.id)
 
     async def paid(self, order: OrderRecord, intent_id: str, *, stripe_event: str = "") -> None:
         """Money arrived: sell the hold; if it lapsed, sell the same seats if

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,7 +34,7 @@ from sales.errors import SaleRefused
 from sales.orders import order_for
 from sales.payments import Payments
 from sales.reconcile import Reconciler
-from sales.settlement import Settlement
+from sales.settlement import MISMATCHES, Settlement
 from sales.testmode import EmbeddedStripe, pay_with_card, sandbox_key, stripe_client
 from sales.ticketing import TicketSigner
 from sales.vocabulary import (
@@ -76,7 +76,8 @@ class Sale:
         self.signer = TicketSigner.from_settings(None, Path(f"/tmp/onsale-signer-{uuid.uuid4()}"))
 
     async def event(self, hold_ttl_s: int = 600) -> EventRecord:
-        draft = EventDraft("Service night", "Hall", datetime.now(UTC), "EUR", hold_ttl_s=hold_ttl_s)
+        starts_at = datetime.now(UTC) + timedelta(days=30)
+        draft = EventDraft("Service night", "Hall", starts_at, "EUR", hold_ttl_s=hold_ttl_s)
         created = await catalog.create_event(self.db, None, draft, [STALLS])
         return await catalog.put_on_sale(self.db, self.engine, created.id)
 
@@ -348,3 +349,101 @@ async def test_reconcilers_settle_a_lost_webhook_once_and_cancel_what_was_never_
     assert intent.status == "canceled"
     waiting = {order_id for order_id, _ in await lookups.awaiting(sale.redis, 10_000)}
     assert {paid.order.id, unpaid.order.id}.isdisjoint(waiting)  # nobody's to reconcile
+
+
+def _mismatches(reason: str) -> float:
+    return float(MISMATCHES.labels(reason)._value.get())
+
+
+async def test_a_payment_intent_onsale_did_not_make_pays_no_order_even_if_it_names_one(
+    sale: Sale,
+) -> None:
+    """Another integration on the same Stripe account (or anyone with its key)
+    pays 50 JPY on a PaymentIntent whose metadata names a 100 EUR order of
+    ours: recorded and alerted, and the order is not paid. The payment is not
+    onsale's, so it is not onsale's to refund."""
+    event = await sale.event()
+    buyer = customer()
+    done = await sale.checkout(event, buyer, ["A-1-4", "A-1-5"])
+    alerts = _mismatches("unknown_intent")
+    foreign = await asyncio.to_thread(
+        sale.stripe.v1.payment_intents.create,
+        params={
+            "amount": 50,
+            "currency": "jpy",
+            "metadata": {"order_id": done.order.id, "event_id": event.id},
+        },
+    )
+    stripe_event = await sale.pay(foreign.id)
+    assert await sale.settlement.handle(stripe_event)
+    assert _mismatches("unknown_intent") == alerts + 1
+    assert await sale.seats(event.id) == {"A-1-4": "held", "A-1-5": "held"}
+    seen = await order_for(sale.db, sale.engine, sale.events, done.order.id, buyer)
+    assert seen.status is OrderStatus.PENDING_PAYMENT
+    recorded = await sale.recorded(done.order.id)
+    assert (recorded.status, recorded.tickets) == (OrderStatus.PENDING_PAYMENT, ())
+
+
+async def test_a_payment_of_the_wrong_amount_is_alerted_refunded_and_sells_nothing(
+    sale: Sale,
+) -> None:
+    """The order's own PaymentIntent, its amount lowered at Stripe before it
+    was paid: the money is given back and the order ends refunded."""
+    event = await sale.event()
+    buyer = customer()
+    done = await sale.checkout(event, buyer, ["A-2-4"])
+    assert done.intent is not None and done.order.amount_cents == 5000
+    await asyncio.to_thread(
+        sale.stripe.v1.payment_intents.update, done.intent.id, params={"amount": 100}
+    )
+    alerts = _mismatches("amount_mismatch")
+    stripe_event = await sale.pay(done.intent.id)
+    assert await sale.settlement.handle(stripe_event)
+    assert _mismatches("amount_mismatch") == alerts + 1
+    order = await sale.recorded(done.order.id)
+    assert (order.status, order.status_reason) == (OrderStatus.REFUNDED, "payment_mismatch")
+    assert order.tickets == ()
+    assert await sale.refunded_at_stripe(done.intent.id)
+    assert (await sale.seats(event.id)).get("A-2-4") != "sold"
+
+
+async def _dashboard_refund(sale: Sale, intent_id: str, amount: int) -> dict[str, Any]:
+    """A refund made in Stripe's dashboard, and the ``charge.refunded`` event
+    Stripe sends for it (localstripe refunds, but sends no such event: it is
+    built here from the charge as localstripe has it after the refund)."""
+
+    def refund() -> dict[str, Any]:
+        sale.stripe.v1.refunds.create(params={"payment_intent": intent_id, "amount": amount})
+        charge = sale.stripe.v1.payment_intents.retrieve(intent_id).latest_charge
+        return dict(charge.to_dict())
+
+    charge = await asyncio.to_thread(refund)
+    return {"id": f"evt_{uuid.uuid4().hex}", "type": "charge.refunded", "data": {"object": charge}}
+
+
+async def test_a_partial_dashboard_refund_leaves_the_order_paid_and_a_full_one_ends_it(
+    sale: Sale,
+) -> None:
+    event = await sale.event()
+    buyer = customer()
+    done = await sale.checkout(event, buyer, ["A-2-5", "A-1-3"])
+    assert done.intent is not None and done.order.amount_cents == 10_000
+    assert await sale.settlement.handle(await sale.pay(done.intent.id))
+    assert (await sale.recorded(done.order.id)).status is OrderStatus.PAID
+
+    partial = await _dashboard_refund(sale, done.intent.id, 3000)
+    assert partial["data"]["object"]["refunded"] is False
+    assert await sale.settlement.handle(partial)
+    assert await sale.seats(event.id) == {"A-2-5": "sold", "A-1-3": "sold"}
+    kept = await sale.recorded(done.order.id)
+    assert kept.status is OrderStatus.PAID
+    assert {t.status for t in kept.tickets} == {TicketStatus.VALID} and len(kept.tickets) == 2
+
+    rest = await _dashboard_refund(sale, done.intent.id, 7000)
+    assert rest["data"]["object"]["refunded"] is True
+    assert await sale.settlement.handle(rest)
+    assert await sale.seats(event.id) == {}
+    ended = await sale.recorded(done.order.id)
+    assert ended.status is OrderStatus.REFUNDED
+    assert {t.status for t in ended.tickets} == {TicketStatus.REFUNDED}
+    assert await sale.refunded_at_stripe(done.intent.id)

@@ -4,6 +4,7 @@ ex-organizer's owner powers. Each test names the finding it closes."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -11,18 +12,30 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api import security
+from api.settings import Settings
 from sales.vocabulary import Role
 from tests.api_http import (
     EVENT,
+    ApiWith,
     bearer,
+    client_for,
     held,
     make_user,
     order,
     problem,
+    random_client,
     refresh,
     role_in_db,
 )
-from tests.api_support import RunningApi, User, login, on_sale_event
+from tests.api_support import (
+    PASSWORD,
+    RunningApi,
+    User,
+    login,
+    minted,
+    on_sale_event,
+    unique_email,
+)
 
 
 async def _set_role(http: httpx.AsyncClient, admin: User, who: str, role: str) -> httpx.Response:
@@ -150,3 +163,72 @@ async def test_an_ex_organizer_keeps_no_owner_powers_over_its_events(
     stats = await http.get(f"/events/{event['id']}/checkins/stats", headers=ex.auth)
     problem(stats, 403, "forbidden")
     problem(await http.post(f"/orders/{order_id}/refund", headers=ex.auth), 404, "not_found")
+
+
+# ---------------------------------------------------------------- finding 11: NUL in ids
+
+
+async def test_a_nul_byte_in_a_path_id_or_query_is_refused_before_it_reaches_postgres(
+    http: httpx.AsyncClient, db: AsyncEngine, event: dict[str, Any]
+) -> None:
+    buyer = await make_user(db, http, "customer")
+    for path in ("/events/ev_%00x", "/events/ev_%00x/seats", f"/events/{event['id']}%00"):
+        problem(await http.get(path), 404, "not_found")
+    problem(await http.get("/orders/or_%00x", headers=buyer.auth), 404, "not_found")
+    problem(await http.post("/orders/or_%01x/refund", headers=buyer.auth), 404, "not_found")
+    problem(await http.get("/events", params={"city": "\x00"}), 422, "invalid_request")
+    # The server (and its Postgres connections) carry on.
+    assert (await http.get(f"/events/{event['id']}/seats")).status_code == 200
+    assert (await http.get("/events")).status_code == 200
+
+
+# ---------------------------------------------------------------- finding 3: hoarding
+
+
+async def test_200_bot_accounts_against_the_default_settings_hold_a_small_share_of_a_venue(
+    api_with: ApiWith, db: AsyncEngine
+) -> None:
+    """A scripted bot from two addresses registers up to 200 fresh accounts
+    (100 each) and has each hold as much of a 1,000-place floor as it can,
+    big holds first. With the default settings (rate limits on, the event's
+    per-customer cap left out) it holds 2 x 5 accounts x 8 places = 8 %; on
+    the code before this rule, every place in seconds."""
+    defaults = Settings.model_fields["rate_limits"].default
+    async with api_with(rate_limits=defaults) as api:
+        assert api.app is not None
+        organizer = await minted(db, api, Role.ORGANIZER)
+        floor = [{"kind": "general", "code": "GA", "name": "Floor", "price_cents": 3000,
+                  "capacity": 1000}]  # fmt: skip
+        event = await on_sale_event(api.http, organizer, sections=floor)
+        assert event["max_tickets_per_customer"] == 8  # left out: the protective default
+
+        async def bot(address: tuple[str, int]) -> tuple[int, int]:
+            held = accounts = 0
+            async with client_for(api.app, address) as client:  # type: ignore[arg-type]
+                for _ in range(100):
+                    account = {"email": unique_email("bot"), "password": PASSWORD, "name": "Bot"}
+                    r = await client.post("/auth/register", json=account)
+                    if r.status_code == 429:
+                        break  # this address may open no more accounts this hour
+                    assert r.status_code == 201, r.text
+                    accounts += 1
+                    auth = bearer(r.json()["access_token"])
+                    for quantity in (100, 50, 20, 10, 8, 4, 2, 1):
+                        while True:
+                            h = await client.post(
+                                f"/events/{event['id']}/holds",
+                                json={"section": "GA", "quantity": quantity},
+                                headers=auth,
+                            )
+                            if h.status_code != 201:
+                                break
+                            held += quantity
+            return accounts, held
+
+        results = await asyncio.gather(bot(random_client()), bot(random_client()))
+        accounts, held = sum(a for a, _ in results), sum(h for _, h in results)
+        print(f"hoarding: {accounts} accounts held {held} of 1000 places ({held / 10:.1f} %)")
+        assert accounts == 10  # 5 an hour from each address
+        assert held == 80  # 8 each: 8 % of the floor
+        counts = (await api.http.get(f"/events/{event['id']}/availability")).json()
+        assert counts["sections"][0]["held"] == 80

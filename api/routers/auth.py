@@ -54,7 +54,9 @@ async def _tokens(request: Request, account: Account, refresh: str) -> TokensOut
 )
 async def register(body: RegisterIn, request: Request, db: DbDep) -> TokensOut:
     """Creates a customer account and signs it in."""
-    await request.app.state.limiter.hit("login", _client(request), body.email.lower())
+    limiter = request.app.state.limiter
+    await limiter.hit("register", _client(request))  # accounts are free: not from one address
+    await limiter.hit("login", _client(request), body.email.lower())
     # argon2 takes a few hundred ms of CPU on purpose: in a thread, so the
     # worker's other requests (holds, the seat map) do not wait behind it.
     password_hash = await asyncio.to_thread(hash_password, body.password)

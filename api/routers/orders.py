@@ -15,6 +15,7 @@ from api.deps import (
     IdempotencyKey,
     PaymentsDep,
     RedisDep,
+    SettingsDep,
 )
 from api.idempotency import idempotent
 from api.schemas import (
@@ -107,7 +108,7 @@ async def create_order(
 @router.post(
     "/{order_id}/refund",
     status_code=status.HTTP_202_ACCEPTED,
-    responses=problem_responses(401, 404, 409, 503),
+    responses=problem_responses(401, 403, 404, 409, 503),
 )
 async def refund_order(
     order_id: str,
@@ -116,10 +117,13 @@ async def refund_order(
     engine: EngineDep,
     events: EventsDep,
     payments: PaymentsDep,
+    settings: SettingsDep,
 ) -> RefundOut:
     """Refunds a paid order through Stripe; once the refund succeeds the seats
     go back on sale and the order becomes ``refunded`` (written behind)."""
-    done = await refunds.refund_order(db, engine, events, payments, order_id, user)
+    done = await refunds.refund_order(
+        db, engine, events, payments, order_id, user, claim_s=settings.refund_claim_s
+    )
     return RefundOut(
         order_id=done.order_id,
         status="refunded" if done.done else "refund_pending",
