@@ -19,6 +19,7 @@ from api.event_cache import EventCache
 from api.security import InvalidToken, Verified, forget_token, read_access_token
 from api.settings import Settings
 from engine.client import EngineClient
+from persistence import audit as audit_log
 from sales.access import Principal
 from sales.payments import Payments
 from sales.ticketing import TicketSigner
@@ -174,3 +175,31 @@ def parse_json(raw: bytes, model: type[_M]) -> _M:
 
 Organizer = Annotated[Principal, require_role(Role.ORGANIZER, Role.ADMIN)]
 Admin = Annotated[Principal, require_role(Role.ADMIN)]
+
+
+class Audit:
+    """Records what the caller did in the audit log: who (the request's
+    principal), from where (its address), what, on which subject."""
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+
+    async def __call__(self, action: str, subject: str, **detail: Any) -> None:
+        request = self.request
+        who: Principal | None = getattr(request.state, "principal", None)
+        await audit_log.record(
+            request.app.state.db,
+            actor_id=who.user_id if who else None,
+            actor_role=str(who.role) if who else None,
+            client=request.client.host if request.client else None,
+            action=action,
+            subject=subject,
+            detail=detail,
+        )
+
+
+async def _audit(request: Request) -> Audit:
+    return Audit(request)
+
+
+AuditDep = Annotated[Audit, Depends(_audit)]

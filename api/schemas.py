@@ -349,3 +349,14 @@ class Problem(BaseModel):
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": Problem, "content": {"application/problem+json": {}}} for s in statuses}
+
+
+class AuditEntryOut(BaseModel):
+    id: uuid.UUID
+    at: datetime
+    actor_id: uuid.UUID | None
+    actor_role: str | None
+    client: str | None
+    action: str  # user.role_changed, order.refund, event.status, ticket.checked_in
+    subject: str
+    detail: dict[str, Any]

@@ -261,3 +261,21 @@ class CheckIn(Base):
     event_id: Mapped[str] = mapped_column(ForeignKey("events.id"), index=True)
     checked_in_at: Mapped[datetime] = _now()
     scanned_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
+
+
+class AuditEntry(Base):
+    """Who did what, when, from where: role changes, refunds, event status
+    changes and check-ins (``GET /admin/audit``). Kept as written, never
+    updated; the actor is not a foreign key, so the record outlives accounts."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("audit_log_at", "at"), Index("audit_log_action_at", "action", "at"))
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=uuid.uuid4)
+    at: Mapped[datetime] = _now()
+    actor_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    actor_role: Mapped[str | None] = mapped_column(String(24))
+    client: Mapped[str | None] = mapped_column(String(64))  # the caller's address
+    action: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(128))  # the user, order, event or ticket acted on
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)

@@ -37,6 +37,7 @@ TABLES = {
     "payments",
     "processed_webhook_events",
     "checkins",
+    "audit_log",
 }
 
 

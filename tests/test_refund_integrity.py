@@ -85,6 +85,15 @@ async def test_an_admitted_ticket_blocks_the_refund_of_its_order(
         assert await pg_order(database_url, order["order_id"]) == ("paid", 2)
         stats = await http.get(f"/events/{event_id}/checkins/stats", headers=door)
         assert stats.json()["checked_in"] == 1
+        admin = bearer(live_api, uuid.uuid4(), Role.ADMIN)
+        logged = await http.get(
+            "/admin/audit", params={"action": "ticket.checked_in"}, headers=admin
+        )
+        assert [e["detail"]["event_id"] for e in logged.json()].count(event_id) == 1
+        refunds = await http.get(
+            "/admin/audit", params={"subject": order["order_id"]}, headers=admin
+        )
+        assert refunds.json() == []  # refused refunds refunded nothing
         seats = (await http.get(f"/events/{event_id}/seats")).json()["seats"]
         assert {s["id"]: s["status"] for s in seats}["A-1-1"] == "sold"
 
@@ -173,6 +182,12 @@ async def test_the_buyer_may_not_refund_once_the_event_has_started_the_organizer
 
         r = await http.post(f"/orders/{order['order_id']}/refund", headers=organizer)
         assert r.status_code == 202, r.text
+        admin = bearer(live_api, uuid.uuid4(), Role.ADMIN)
+        logged = await http.get(
+            "/admin/audit", params={"subject": order["order_id"]}, headers=admin
+        )
+        [entry] = logged.json()
+        assert (entry["action"], entry["actor_role"]) == ("order.refund", "organizer")
         await until_status(http, buyer, order["order_id"], "refunded")
         assert await pg_order(database_url, order["order_id"]) == ("refunded", 0)
         assert await asyncio.to_thread(_stripe_refunds, live_api, intent) == 1

@@ -232,3 +232,37 @@ async def test_200_bot_accounts_against_the_default_settings_hold_a_small_share_
         assert held == 80  # 8 each: 8 % of the floor
         counts = (await api.http.get(f"/events/{event['id']}/availability")).json()
         assert counts["sections"][0]["held"] == 80
+
+
+# ---------------------------------------------------------------- the audit log
+
+
+async def test_the_audit_log_records_role_changes_and_event_status_for_admins_only(
+    http: httpx.AsyncClient, db: AsyncEngine
+) -> None:
+    admin, organizer = await make_user(db, http, "admin"), await make_user(db, http, "organizer")
+    event = await on_sale_event(http, organizer)
+    cancelled = await http.post(f"/events/{event['id']}/cancel", headers=organizer.auth)
+    assert cancelled.status_code == 200, cancelled.text
+    promoted = await make_user(db, http, "customer")
+    assert (await _set_role(http, admin, promoted.id, "organizer")).status_code == 200
+
+    r = await http.get("/admin/audit", params={"subject": event["id"]}, headers=admin.auth)
+    assert r.status_code == 200, r.text
+    statuses = [(e["action"], e["detail"]["status"], e["actor_id"]) for e in r.json()]
+    assert statuses == [
+        ("event.status", "cancelled", organizer.id),
+        ("event.status", "on_sale", organizer.id),
+    ]
+    assert all(e["client"] and e["actor_role"] == "organizer" for e in r.json())
+    r = await http.get(
+        "/admin/audit", params={"action": "user.role_changed", "subject": promoted.id},
+        headers=admin.auth,
+    )  # fmt: skip
+    [change] = r.json()
+    assert (change["actor_id"], change["actor_role"], change["detail"]) == (
+        admin.id, "admin", {"role": "organizer"},
+    )  # fmt: skip
+    for other in (organizer, promoted):
+        problem(await http.get("/admin/audit", headers=other.auth), 401 if other is promoted
+                else 403, "invalid_token" if other is promoted else "forbidden")  # fmt: skip

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Query, Request, status
 
-from api.deps import Admin, CurrentUser, DbDep
+from api.deps import Admin, Audit, AuditDep, CurrentUser, DbDep
 from api.errors import ApiError
-from api.schemas import ApplicationIn, ApplicationOut, RoleIn, UserOut, problem_responses
-from persistence import accounts
+from api.schemas import (
+    ApplicationIn,
+    ApplicationOut,
+    AuditEntryOut,
+    RoleIn,
+    UserOut,
+    problem_responses,
+)
+from persistence import accounts, audit
 from persistence.accounts import Application, ApplicationConflict
 from sales.vocabulary import ApplicationStatus, Role
 
@@ -50,8 +57,9 @@ async def applications(
 
 
 async def _decide(
-    request: Request, db: DbDep, application_id: uuid.UUID, approve: bool, admin_id: uuid.UUID
+    request: Request, audit: Audit, application_id: uuid.UUID, approve: bool, admin_id: uuid.UUID
 ) -> ApplicationOut:
+    db = request.app.state.db
     try:
         decided = await accounts.decide_application(db, application_id, approve, admin_id)
     except ApplicationConflict as exc:
@@ -60,6 +68,8 @@ async def _decide(
         raise ApiError("not_found", "no such application")
     if approve:  # a new role: the applicant's tokens and sessions end
         await request.app.state.token_versions.bump(decided.user_id)
+        await audit("user.role_changed", str(decided.user_id), role="organizer",
+                    application=str(application_id))  # fmt: skip
     return _out(decided)
 
 
@@ -68,11 +78,11 @@ async def _decide(
     responses=problem_responses(401, 403, 404, 409),
 )
 async def approve(
-    application_id: uuid.UUID, admin: Admin, db: DbDep, request: Request
+    application_id: uuid.UUID, admin: Admin, request: Request, audit: AuditDep
 ) -> ApplicationOut:
     """Approves: the applicant is an organizer once they sign in again (their
     tokens and sessions of the customer end at once)."""
-    return await _decide(request, db, application_id, True, admin.user_id)
+    return await _decide(request, audit, application_id, True, admin.user_id)
 
 
 @router.post(
@@ -80,14 +90,14 @@ async def approve(
     responses=problem_responses(401, 403, 404, 409),
 )
 async def reject(
-    application_id: uuid.UUID, admin: Admin, db: DbDep, request: Request
+    application_id: uuid.UUID, admin: Admin, request: Request, audit: AuditDep
 ) -> ApplicationOut:
-    return await _decide(request, db, application_id, False, admin.user_id)
+    return await _decide(request, audit, application_id, False, admin.user_id)
 
 
 @router.patch("/admin/users/{user_id}/role", responses=problem_responses(401, 403, 404, 422))
 async def set_role(
-    user_id: uuid.UUID, body: RoleIn, admin: Admin, db: DbDep, request: Request
+    user_id: uuid.UUID, body: RoleIn, admin: Admin, db: DbDep, request: Request, audit: AuditDep
 ) -> UserOut:
     """Sets a user's role. It takes effect on their next request: every token
     and session they hold ends, and they sign in again under the new role.
@@ -98,4 +108,19 @@ async def set_role(
     if account is None:
         raise ApiError("not_found", "no such user")
     await request.app.state.token_versions.bump(user_id)
+    await audit("user.role_changed", str(user_id), role=str(account.role))
     return UserOut(id=account.id, email=account.email, name=account.name, role=account.role)
+
+
+@router.get("/admin/audit", responses=problem_responses(401, 403, 422))
+async def audit_log(
+    _: Admin,
+    db: DbDep,
+    action: str | None = Query(default=None, max_length=64),
+    subject: str | None = Query(default=None, max_length=128),
+    limit: int = Query(default=100, ge=1, le=500),
+) -> list[AuditEntryOut]:
+    """Who changed roles, refunded orders, changed an event's status or checked
+    tickets in: when, from which address, on what. Newest first."""
+    found = await audit.entries(db, action=action, subject=subject, limit=limit)
+    return [AuditEntryOut(**entry.__dict__) for entry in found]

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request, status
 
 from api.deps import (
+    AuditDep,
     CurrentUser,
     Customer,
     DbDep,
@@ -118,12 +119,15 @@ async def refund_order(
     events: EventsDep,
     payments: PaymentsDep,
     settings: SettingsDep,
+    audit: AuditDep,
 ) -> RefundOut:
     """Refunds a paid order through Stripe; once the refund succeeds the seats
     go back on sale and the order becomes ``refunded`` (written behind)."""
     done = await refunds.refund_order(
         db, engine, events, payments, order_id, user, claim_s=settings.refund_claim_s
     )
+    if not done.done:
+        await audit("order.refund", done.order_id, refund_status=done.provider_status)
     return RefundOut(
         order_id=done.order_id,
         status="refunded" if done.done else "refund_pending",

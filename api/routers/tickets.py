@@ -10,7 +10,7 @@ from typing import Literal
 import segno
 from fastapi import APIRouter, Response
 
-from api.deps import CurrentUser, DbDep, EngineDep, EventsDep, SignerDep
+from api.deps import AuditDep, CurrentUser, DbDep, EngineDep, EventsDep, SignerDep
 from api.schemas import (
     CheckInIn,
     CheckInOut,
@@ -106,10 +106,12 @@ async def check_in(
     engine: EngineDep,
     events: EventsDep,
     signer: SignerDep,
+    audit: AuditDep,
 ) -> CheckInOut:
     """Admits a ticket once: its signature and event are verified, a revoked
     ticket is refused, and a second scan answers 409 with the first's time."""
     admitted = await checkin.check_in(db, engine, events, signer, event_id, body.token, user)
+    await audit("ticket.checked_in", str(admitted.ticket_id), event_id=event_id)
     return CheckInOut(
         ticket_id=admitted.ticket_id,
         section=admitted.section,
