@@ -33,7 +33,9 @@
 --            or GA places are sold to order_id if they are free now, and the
 --            outbox entry carries late=1. customer_id and seats | section +
 --            quantity are only used when the record is gone.
---            Fails seats_unavailable {unavailable} / sold_out then.
+--            Fails seats_unavailable {unavailable} / sold_out then, and
+--            customer_limit when the sale would take the buyer past the
+--            event's per-customer limit (held and sold count alike).
 --   extend   {hold_id, customer_id, until_ms} keeps a live hold until until_ms
 --            (never earlier than it already was): the payment window.
 --   order    {hold_id, customer_id, order_id, until_ms, amount_cents, currency, items,
@@ -541,6 +543,17 @@ end
 -- (that hold is ended first, as in op_hold). `rec` is the hold's record (not
 -- held any more), or a new one from late_fallback; it becomes confirmed.
 local function sell_late(op, rec)
+  -- The per-customer limit holds for a late sale as for a hold: a buyer who
+  -- let holds lapse (or released them) cannot pay them all afterwards.
+  local limit = customer_limit()
+  if limit > 0 and rec.c ~= '' then
+    settle_customer(rec.c)
+    local held = tonumber(redis.call('HGET', K_CUSTOMERS, rec.c .. ':held') or '0')
+    local sold = tonumber(redis.call('HGET', K_CUSTOMERS, rec.c .. ':sold') or '0')
+    if held + sold + rec.q > limit then
+      return fail('customer_limit', {limit = limit, held = held, sold = sold})
+    end
+  end
   if rec.seats then
     local unavailable = unavailable_seats(rec.seats)
     if #unavailable > 0 then return fail('seats_unavailable', {unavailable = unavailable}) end

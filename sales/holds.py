@@ -19,7 +19,8 @@ from persistence.events import EventRecord
 from sales.access import Principal
 from sales.errors import SaleRefused
 from sales.items import OrderItem, amount_of
-from sales.vocabulary import HoldStatus, SectionKind
+from sales.payments import Payments, PaymentsUnavailable
+from sales.vocabulary import HoldStatus, OrderStatus, SectionKind
 
 
 class EventLookup(Protocol):
@@ -136,11 +137,36 @@ async def live_hold(
     return event, hold
 
 
-async def release(events: EventLookup, engine: EngineClient, hold_id: str, user: Principal) -> None:
-    """Gives the seats back at once (and again: releasing twice is fine)."""
+async def release(
+    events: EventLookup,
+    engine: EngineClient,
+    hold_id: str,
+    user: Principal,
+    payments: Payments | None = None,
+) -> None:
+    """Gives the seats back at once (and again: releasing twice is fine).
+
+    A hold with an order awaiting payment takes the order with it: its
+    PaymentIntent is cancelled at Stripe first, so it can never be paid
+    afterwards (a buyer who held, checked out and released again and again
+    could otherwise pay every PaymentIntent and pass the per-customer
+    limit). If the payment got there first, the release is refused: the
+    order is being sold."""
     event, hold = await own_hold(events, engine, hold_id, user)
     if hold.status is HoldStatus.CONFIRMED:
         raise SaleRefused("already_confirmed", "the hold was bought; refund the order instead")
+    placed = hold.order
+    if placed is not None and placed.ended is None:
+        if placed.payment_intent and payments is not None:
+            try:
+                intent = await payments.cancel(placed.payment_intent)
+            except PaymentsUnavailable as exc:
+                raise SaleRefused("payments_unavailable", str(exc)[:200]) from exc
+            if intent.status == "succeeded":
+                raise SaleRefused("already_confirmed", "the order was paid; refund it instead")
+        await engine.end_order(
+            event.id, hold_id, placed.order_id, OrderStatus.CANCELLED, "released"
+        )
     released = await engine.release(event.id, hold_id, user.customer_id)
     if released.status is HoldStatus.CONFIRMED:
         raise SaleRefused("already_confirmed", "the hold was bought; refund the order instead")

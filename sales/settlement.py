@@ -16,8 +16,10 @@ settles through the same functions when a webhook never comes.
   (log and ``onsale_payment_mismatches_total``) and refunded. Then sell the
   hold to the order. If the hold lapsed,
   sell the same seats if they are still free (a late sale). If someone else
-  has them, or the event was cancelled meanwhile, refund the payment (the
-  order ends ``refunded``, reason ``seats_resold`` or ``event_cancelled``):
+  has them, the event was cancelled meanwhile, or the sale would take the
+  buyer past the event's per-customer limit, refund the payment (the order
+  ends ``refunded``, reason ``seats_resold``, ``event_cancelled`` or
+  ``customer_limit``):
   a payment that can no longer become a sale is never left taken.
 - ``payment_intent.payment_failed``: noted; the buyer may try another card
   while the hold lasts, then it frees itself.
@@ -38,6 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from engine.client import EngineClient
 from engine.errors import (
     AlreadyConfirmed,
+    CustomerLimit,
     EventNotOnSale,
     HoldExpired,
     HoldNotFound,
@@ -204,8 +207,14 @@ class Settlement:
                 quantity=places.quantity,
             )
             log.info("order %s paid late; its seats were still free and are sold", order.id)
-        except (SeatsUnavailable, SoldOut, EventNotOnSale) as exc:
-            reason = "event_cancelled" if isinstance(exc, EventNotOnSale) else "seats_resold"
+        except (SeatsUnavailable, SoldOut, EventNotOnSale, CustomerLimit) as exc:
+            reason = (
+                "event_cancelled"
+                if isinstance(exc, EventNotOnSale)
+                else "customer_limit"
+                if isinstance(exc, CustomerLimit)
+                else "seats_resold"
+            )
             await self._give_back(order, intent_id, reason, exc.code, stripe_event)
 
     async def _give_back(

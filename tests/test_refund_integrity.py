@@ -1,7 +1,8 @@
-"""Refunds against the door, end to end: `onsale serve` + `onsale writer` on
-real Redis, Postgres and Ray, localstripe as Stripe. A ticket is admitted or
-its order refunded, never both; one refund per order reaches Stripe however
-many are asked at once; the buyer's refunds end when the event starts."""
+"""Money against the people who try to cheat, end to end: `onsale serve` +
+`onsale writer` on real Redis, Postgres and Ray, localstripe as Stripe. A
+ticket is admitted or its order refunded, never both; one refund per order
+reaches Stripe however many are asked at once; the buyer's refunds end when
+the event starts; releasing checked-out holds cannot beat the limit."""
 
 from __future__ import annotations
 
@@ -13,22 +14,29 @@ from typing import Any
 
 import httpx
 import pytest
+import stripe
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.security import hash_password
 from persistence import accounts
 from sales.testmode import pay_with_card
 from sales.vocabulary import Role
+from tests.api_http import sql_rows
 from tests.api_support import PASSWORD, unique_email
 from tests.conftest import LiveApi
-from tests.payment_support import bearer, paid_order, stripe_client, until_status
+from tests.payment_support import bearer, checkout, paid_order, stripe_client, until_status
 from tests.test_payments import pg_order
 
 pytestmark = pytest.mark.slow
 
 
 async def _event(
-    api: LiveApi, db: AsyncEngine, http: httpx.AsyncClient, seats: int, starts_at: datetime
+    api: LiveApi,
+    db: AsyncEngine,
+    http: httpx.AsyncClient,
+    seats: int,
+    starts_at: datetime,
+    limit: int = 8,
 ) -> tuple[str, dict[str, str]]:
     """A published event of one row of ``seats``; its organizer's auth."""
     organizer = await accounts.create_user(
@@ -37,7 +45,7 @@ async def _event(
     auth = bearer(api, organizer.id, Role.ORGANIZER)
     created = await http.post("/events", headers=auth, json={
         "name": "Door night", "venue": "Hall", "starts_at": starts_at.isoformat(),
-        "currency": "EUR"})  # fmt: skip
+        "currency": "EUR", "max_tickets_per_customer": limit})  # fmt: skip
     assert created.status_code == 201, created.text
     event_id = str(created.json()["id"])
     r = await http.post(f"/events/{event_id}/sections", headers=auth, json={
@@ -191,3 +199,46 @@ async def test_the_buyer_may_not_refund_once_the_event_has_started_the_organizer
         await until_status(http, buyer, order["order_id"], "refunded")
         assert await pg_order(database_url, order["order_id"]) == ("refunded", 0)
         assert await asyncio.to_thread(_stripe_refunds, live_api, intent) == 1
+
+
+def _try_to_pay(api: LiveApi, intent_id: str) -> str:
+    try:
+        return pay_with_card(stripe_client(api), intent_id)
+    except stripe.StripeError as exc:
+        return f"refused: {exc.user_message or exc}"
+
+
+async def test_hold_checkout_release_three_times_then_paying_every_intent_beats_no_limit(
+    live_api: LiveApi, db: AsyncEngine, database_url: str
+) -> None:
+    """Finding 4: a limit of 2; the buyer holds 2, checks out and releases,
+    three times, then pays all three PaymentIntents. Each release cancelled
+    its PaymentIntent at Stripe, so none can be paid; the buyer ends with the
+    2 tickets of one honest purchase."""
+    async with httpx.AsyncClient(base_url=live_api.base_url, timeout=30) as http:
+        event_id, _ = await _event(live_api, db, http, 8, _later(), limit=2)
+        buyer = bearer(live_api, uuid.uuid4())
+        released: list[dict[str, Any]] = []
+        for n in range(3):
+            order = await checkout(http, buyer, event_id, [f"A-1-{2 * n + 1}", f"A-1-{2 * n + 2}"])
+            gone = await http.delete(f"/holds/{order['hold_id']}", headers=buyer)
+            assert gone.status_code == 204, gone.text
+            released.append(order)
+        for order in released:
+            intent = order["payment"]["payment_intent_id"]
+            assert (await asyncio.to_thread(_try_to_pay, live_api, intent)).startswith("refused")
+            status = stripe_client(live_api).v1.payment_intents.retrieve(intent).status
+            assert status == "canceled"
+            seen = await until_status(http, buyer, order["order_id"], "cancelled")
+            assert seen["tickets"] == []
+        honest = await paid_order(live_api, http, buyer, event_id, ["A-1-7", "A-1-8"])
+        assert len(honest["tickets"]) == 2
+        over = await http.post(f"/events/{event_id}/holds", json={"seats": ["A-1-1"]},
+                               headers=buyer)  # fmt: skip
+        assert (over.status_code, over.json()["code"]) == (403, "customer_limit")
+        valid = await sql_rows(
+            database_url,
+            "SELECT count(*) FROM tickets WHERE event_id = $1 AND status = 'valid'",
+            event_id,
+        )
+        assert valid[0][0] == 2

@@ -75,9 +75,10 @@ class Sale:
         self.writer = OutboxWriter(redis, db)
         self.signer = TicketSigner.from_settings(None, Path(f"/tmp/onsale-signer-{uuid.uuid4()}"))
 
-    async def event(self, hold_ttl_s: int = 600) -> EventRecord:
+    async def event(self, hold_ttl_s: int = 600, max_per_customer: int = 8) -> EventRecord:
         starts_at = datetime.now(UTC) + timedelta(days=30)
-        draft = EventDraft("Service night", "Hall", starts_at, "EUR", hold_ttl_s=hold_ttl_s)
+        draft = EventDraft("Service night", "Hall", starts_at, "EUR", hold_ttl_s=hold_ttl_s,
+                           max_tickets_per_customer=max_per_customer)  # fmt: skip
         created = await catalog.create_event(self.db, None, draft, [STALLS])
         return await catalog.put_on_sale(self.db, self.engine, created.id)
 
@@ -447,3 +448,45 @@ async def test_a_partial_dashboard_refund_leaves_the_order_paid_and_a_full_one_e
     assert ended.status is OrderStatus.REFUNDED
     assert {t.status for t in ended.tickets} == {TicketStatus.REFUNDED}
     assert await sale.refunded_at_stripe(done.intent.id)
+
+
+async def test_a_late_payment_past_the_per_customer_limit_is_refunded_and_sells_nothing(
+    sale: Sale,
+) -> None:
+    """A limit of 2: the buyer lets a checkout of 2 lapse, buys 2 more, then
+    pays the lapsed one. The late sale would make 4: refunded instead."""
+    event = await sale.event(hold_ttl_s=1, max_per_customer=2)
+    buyer = customer()
+    lapsed = await sale.checkout(event, buyer, ["A-1-1", "A-1-2"], window_s=1)
+    assert lapsed.intent is not None
+    await _lapsed(sale, event.id, lapsed.order.hold_id)
+    bought = await sale.checkout(event, buyer, ["A-2-1", "A-2-2"], window_s=600)
+    assert bought.intent is not None
+    assert await sale.settlement.handle(await sale.pay(bought.intent.id))
+    assert await sale.settlement.handle(await sale.pay(lapsed.intent.id))
+
+    late = await sale.recorded(lapsed.order.id)
+    assert (late.status, late.status_reason, late.tickets) == (
+        OrderStatus.REFUNDED, "customer_limit", ()
+    )  # fmt: skip
+    assert await sale.refunded_at_stripe(lapsed.intent.id)
+    kept = await sale.recorded(bought.order.id)
+    assert kept.status is OrderStatus.PAID and len(kept.tickets) == 2
+    sold = {s for s, st in (await sale.seats(event.id)).items() if st == "sold"}
+    assert sold == {"A-2-1", "A-2-2"}
+
+
+async def test_releasing_a_checked_out_hold_cancels_its_order_and_payment_intent(
+    sale: Sale,
+) -> None:
+    event = await sale.event()
+    buyer = customer()
+    done = await sale.checkout(event, buyer, ["A-1-3"])
+    assert done.intent is not None
+    await holds.release(sale.events, sale.engine, done.order.hold_id, buyer, sale.payments)
+    intent = await asyncio.to_thread(sale.stripe.v1.payment_intents.retrieve, done.intent.id)
+    assert intent.status == "canceled"
+    order = await order_for(sale.db, sale.engine, sale.events, done.order.id, buyer)
+    assert (order.status, order.status_reason) == (OrderStatus.CANCELLED, "released")
+    assert await sale.seats(event.id) == {}
+    assert (await sale.recorded(done.order.id)).status is OrderStatus.CANCELLED

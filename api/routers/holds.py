@@ -12,7 +12,7 @@ from urllib.parse import unquote
 from fastapi import APIRouter, Request, Response, status
 from starlette.types import Receive, Scope, Send
 
-from api.deps import CurrentUser, EngineDep, EventsDep, parse_json, principal_of
+from api.deps import CurrentUser, EngineDep, EventsDep, PaymentsDep, parse_json, principal_of
 from api.errors import ApiError, as_problem
 from api.observability import HOLDS, send_answer, send_problem
 from api.schemas import HoldIn, HoldOut, problem_responses
@@ -188,11 +188,13 @@ async def get_hold(
 @router.delete(
     "/holds/{hold_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=problem_responses(401, 404, 409),
+    responses=problem_responses(401, 404, 409, 503),
 )
 async def release_hold(
-    hold_id: str, user: CurrentUser, events: EventsDep, engine: EngineDep
+    hold_id: str, user: CurrentUser, events: EventsDep, engine: EngineDep, payments: PaymentsDep
 ) -> Response:
-    """Gives the seats back at once (and again: releasing twice is fine)."""
-    await holds.release(events, engine, hold_id, user)
+    """Gives the seats back at once (and again: releasing twice is fine). A
+    hold with an order awaiting payment takes the order with it (its
+    PaymentIntent is cancelled at Stripe); once paid, it is refused."""
+    await holds.release(events, engine, hold_id, user, payments)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
