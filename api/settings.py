@@ -53,8 +53,11 @@ class Settings(BaseSettings):
     access_token_ttl_s: int = 15 * 60
     refresh_token_ttl_s: int = 30 * 24 * 3600
 
-    # "login=5/minute,register=5/hour,holds=20/minute,global=300/minute", or "off".
-    rate_limits: str = "login=5/minute,register=5/hour,holds=20/minute,global=300/minute"
+    # the names of api.ratelimit, each name=N/period; or "off".
+    rate_limits: str = (
+        "login=5/minute,register=5/hour,holds=20/minute,seats=60/minute,live=30/minute,"
+        "global=300/minute"
+    )
     max_body_bytes: int = 64 * 1024
     events_cache_s: int = 60
     # Tickets: the Ed25519 private key (PEM, PKCS#8) that signs them; None:
@@ -62,6 +65,11 @@ class Settings(BaseSettings):
     ticket_signing_key: str | None = None
     # Live seat map: changes heard within one tick go out as one delta.
     live_tick_ms: float = Field(default=50, gt=0, le=100)
+    # Seat-map sockets one address may hold open on one worker at once, and
+    # the browser origins allowed to open them ("*": any; empty: only pages
+    # served by this host). Clients that send no Origin are not browsers.
+    live_max_per_address: int = Field(default=50, ge=1)
+    live_allowed_origins: str = ""
     log_level: str = "INFO"
 
     # Payments. No STRIPE_SECRET_KEY: `onsale up` starts localstripe on loopback

@@ -297,6 +297,7 @@ def start_api(
         "RAY_ADDRESS": ready.ray_address or os.environ.get("RAY_ADDRESS", ""),
         "ONSALE_DATA_DIR": str(data_dir),
         "ONSALE_RATE_LIMITS": "off",
+        "ONSALE_LIVE_MAX_PER_ADDRESS": "1000000",  # every viewer comes from loopback
         "ONSALE_LOG_LEVEL": "WARNING",
         "ONSALE_LIVE_TICK_MS": str(tick_ms),
     }

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.app import create_app
 from api.live import Feed, LiveHub
+from api.ratelimit import RateLimiter
 from api.routers import live as live_routes
 from api.settings import Settings
 from engine.client import EngineClient
@@ -177,7 +178,9 @@ async def server(
 async def _event(server: InProcess, db: AsyncEngine, rows: int = 10, per_row: int = 20) -> str:
     organizer = await user_with_role(db, server.http, "organizer")
     stalls = {**STALLS, "rows": rows, "seats_per_row": per_row}
-    event = await on_sale_event(server.http, organizer, [stalls, {**FLOOR, "capacity": 500}])
+    event = await on_sale_event(  # no per-customer limit: the storms hold by the hundred
+        server.http, organizer, [stalls, {**FLOOR, "capacity": 500}], max_tickets_per_customer=0
+    )
     return str(event["id"])
 
 
@@ -297,3 +300,84 @@ async def test_unknown_and_draft_events_close_with_4404(server: InProcess, db: A
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 await asyncio.wait_for(ws.recv(), 5)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4404
+
+
+# ---------------------------------------------------------------- abuse (issue 16, finding 10)
+
+
+async def _closed_with(ws: Any) -> tuple[int, str]:
+    """The close code and reason of a socket the server closes next."""
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        while True:
+            await asyncio.wait_for(ws.recv(), 5)
+    assert closed.value.rcvd is not None
+    return closed.value.rcvd.code, closed.value.rcvd.reason
+
+
+async def test_a_page_of_another_origin_is_refused_at_the_handshake(
+    server: InProcess, db: AsyncEngine
+) -> None:
+    event_id = await _event(server, db)
+    url = ws_url(server.base_url, event_id)
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await websockets.connect(url, origin="http://evil.example")  # type: ignore[arg-type]
+    assert refused.value.response.status_code == 403
+    own = f"http://127.0.0.1:{server.port}"
+    async with websockets.connect(url, origin=own) as ws:  # type: ignore[arg-type]
+        assert json.loads(await ws.recv())["type"] == "snapshot"
+    async with websockets.connect(url) as ws:  # no Origin: not a browser
+        assert json.loads(await ws.recv())["type"] == "snapshot"
+
+
+async def test_an_address_over_its_socket_cap_is_told_to_come_back_later(
+    server: InProcess, db: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server.app.state.settings, "live_max_per_address", 2)
+    event_id = await _event(server, db)
+    url = ws_url(server.base_url, event_id)
+    async with websockets.connect(url) as one, websockets.connect(url) as two:
+        for ws in (one, two):
+            assert json.loads(await ws.recv())["type"] == "snapshot"
+        async with websockets.connect(url) as three:
+            assert await _closed_with(three) == (1013, "too many sockets from this address")
+    async with websockets.connect(url) as again:  # the others closed: room again
+        assert json.loads(await again.recv())["type"] == "snapshot"
+
+
+async def test_handshakes_over_the_address_rate_are_told_to_come_back_later(
+    server: InProcess, db: AsyncEngine, redis_url: str
+) -> None:
+    event_id = await _event(server, db)
+    limiter = RateLimiter.from_settings("live=2/minute", redis_url)
+    assert limiter.limiter is not None
+    await limiter.limiter.storage.reset()
+    kept, server.app.state.limiter = server.app.state.limiter, limiter  # (monkeypatch would
+    try:  # delete it from Starlette's State on undo)
+        url = ws_url(server.base_url, event_id)
+        for _ in range(2):
+            async with websockets.connect(url) as ws:
+                assert json.loads(await ws.recv())["type"] == "snapshot"
+        async with websockets.connect(url) as ws:
+            assert await _closed_with(ws) == (1013, "rate_limited")
+    finally:
+        server.app.state.limiter = kept
+
+
+async def test_a_client_that_keeps_sending_garbage_is_closed_not_answered_for_ever(
+    server: InProcess, db: AsyncEngine
+) -> None:
+    event_id = await _event(server, db)
+    async with websockets.connect(ws_url(server.base_url, event_id)) as ws:
+        assert json.loads(await ws.recv())["type"] == "snapshot"
+        errors = 0
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            for _ in range(50):
+                await ws.send("garbage")
+            while True:
+                message = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                errors += message.get("code") == "bad_message"
+        # At most one answer per allowed bad message (those still queued when
+        # the close goes out may never be sent), then the close.
+        assert errors <= live_routes.BAD_MESSAGES_MAX
+        assert closed.value.rcvd is not None
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1008, "too many bad messages")

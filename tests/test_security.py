@@ -266,3 +266,24 @@ async def test_the_audit_log_records_role_changes_and_event_status_for_admins_on
     for other in (organizer, promoted):
         problem(await http.get("/admin/audit", headers=other.auth), 401 if other is promoted
                 else 403, "invalid_token" if other is promoted else "forbidden")  # fmt: skip
+
+
+# ---------------------------------------------------------------- finding 7: the seat map
+
+
+async def test_the_whole_seat_map_is_rate_limited_per_address(
+    api_with: ApiWith, db: AsyncEngine
+) -> None:
+    async with api_with(rate_limits="seats=3/minute,global=1000/minute") as api:
+        assert api.app is not None
+        event = await on_sale_event(api.http, await minted(db, api, Role.ORGANIZER))
+        path = f"/events/{event['id']}/seats"
+        async with client_for(api.app, random_client()) as scraper:  # type: ignore[arg-type]
+            for _ in range(3):
+                assert (await scraper.get(path)).status_code == 200
+            limited = problem(await scraper.get(path), 429, "rate_limited")
+            assert limited["retry_after_s"] >= 1
+            # The cheap reads are not counted against it.
+            assert (await scraper.get(f"/events/{event['id']}/availability")).status_code == 200
+        async with client_for(api.app, random_client()) as viewer:  # type: ignore[arg-type]
+            assert (await viewer.get(path)).status_code == 200

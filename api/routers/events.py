@@ -365,7 +365,7 @@ async def _availability(state: Any, event: EventRecord) -> tuple[int, bytes]:
 @router.get(
     "/{event_id}/seats",
     response_model=SeatsOut,
-    responses={**NOT_MODIFIED, **problem_responses(401, 404, 409, 503)},
+    responses={**NOT_MODIFIED, **problem_responses(401, 404, 409, 429, 503)},
 )
 async def seats(
     event_id: str,
@@ -377,6 +377,8 @@ async def seats(
     """Every seat of the event's seated sections (or of one) with its status
     (ETag: the inventory version). The map of a version is built once per
     process."""
+    client = request.client.host if request.client else "-"
+    await request.app.state.limiter.hit("seats", client)
     event = await _readable(request, event_id, user)
     chosen = [
         s for s in event.sections if s.kind is SectionKind.SEATED and section in (None, s.code)
