@@ -154,7 +154,11 @@ def create_app(settings: Settings | None = None) -> OnsaleApp:
         ),
     ]
     app.front = RequestMiddleware(
-        functools.partial(FastAPI.__call__, app), settings.max_body_bytes, hot
+        functools.partial(FastAPI.__call__, app),
+        settings.max_body_bytes,
+        hot,
+        max_header_bytes=settings.max_header_bytes,
+        max_in_flight=settings.max_requests_in_flight,
     )
     document_bearer_auth(app)
     return app

@@ -25,6 +25,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     # request shape
     "validation_error": (422, "The request is not valid"),
     "body_too_large": (413, "The request body is too large"),
+    "headers_too_large": (431, "The request's headers are too large"),
     "invalid_json": (400, "The request body is not valid JSON"),
     "idempotency_key_reused": (422, "This Idempotency-Key was used for a different request"),
     "idempotency_in_progress": (409, "A request with this Idempotency-Key is in progress"),

@@ -1,7 +1,10 @@
 """``Idempotency-Key``: a retried POST gets the first response, not a second effect.
 
-The first request with a key claims it in Redis (SET NX); its response —
-success or 4xx — is stored for 24 h under the caller, the route and the key,
+The first request with a key claims it in Redis (SET NX); its response is
+stored under the caller, the route and the key — a success for 24 h, a 4xx
+refusal for a minute (long enough for a client's immediate retries to get
+the same answer, short enough that a retry after the state changed is
+answered afresh rather than refused from memory for a day) —
 with a fingerprint of the body. A retry with the same body gets the stored
 response (with ``Idempotent-Replayed: true``); with a different body, 422
 ``idempotency_key_reused``; while the first is still running, 409
@@ -23,6 +26,7 @@ from engine.redis_client import AsyncRedis
 from sales.errors import SaleRefused
 
 KEEP_S = 24 * 3600
+ERROR_KEEP_S = 60  # a refusal (4xx)
 CLAIM_S = 30  # longer than any request may take; a crashed one frees its key
 
 
@@ -70,7 +74,8 @@ async def idempotent(
         "body": json.loads(bytes(response.body)),
         "media_type": response.media_type,
     }
-    await redis.set(redis_key, json.dumps(record), ex=KEEP_S)
+    keep_s = KEEP_S if response.status_code < 400 else ERROR_KEEP_S
+    await redis.set(redis_key, json.dumps(record), ex=keep_s)
     return response
 
 

@@ -157,11 +157,24 @@ class RequestMiddleware:
     """Request id in and out (``X-Request-ID``), body-size limit, latency
     metric and one access-log line per request."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, hot: Sequence[HotRoute] = ()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        hot: Sequence[HotRoute] = (),
+        *,
+        max_header_bytes: int = 16 * 1024,
+        max_in_flight: int = 2000,
+    ) -> None:
         """``hot``: routes answered here, ahead of the app's routing and its
-        middleware, by an ASGI handler of their own (the hold route)."""
+        middleware, by an ASGI handler of their own (the hold route).
+        ``max_in_flight``: requests this worker serves at once; past it,
+        503 ``overloaded`` (uvicorn's own bound answers plain text)."""
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_header_bytes = max_header_bytes
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
         self.hot = tuple(hot)
         self._timers: dict[tuple[str, str, int], Any] = {}  # one label lookup each
 
@@ -182,9 +195,12 @@ class RequestMiddleware:
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
             await send(message)
 
+        self.in_flight += 1
         try:
             refusal = (
-                self._too_large(headers)
+                self._too_busy()
+                or self._headers_too_large(scope)
+                or self._too_large(headers)
                 or _unusable_target(scope)
                 or await _over_global_limit(scope)
             )
@@ -200,6 +216,7 @@ class RequestMiddleware:
             else:
                 await self.app(scope, limited, send_with_id)
         finally:
+            self.in_flight -= 1
             seconds = time.perf_counter() - began
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")
@@ -227,6 +244,21 @@ class RequestMiddleware:
         for route in self.hot:
             if scope["method"] == route.method and (match := route.pattern.match(scope["path"])):
                 return route, match
+        return None
+
+    def _too_busy(self) -> Any:
+        if self.in_flight > self.max_in_flight:
+            return ApiError(
+                "overloaded", "this worker serves as many requests as it can"
+            ).response()
+        return None
+
+    def _headers_too_large(self, scope: Scope) -> Any:
+        size = sum(len(name) + len(value) for name, value in scope["headers"])
+        if size > self.max_header_bytes:
+            return ApiError(
+                "headers_too_large", f"at most {self.max_header_bytes} bytes"
+            ).response()
         return None
 
     def _too_large(self, headers: dict[bytes, bytes]) -> Any:

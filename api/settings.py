@@ -59,6 +59,14 @@ class Settings(BaseSettings):
         "global=300/minute"
     )
     max_body_bytes: int = 64 * 1024
+    # /metrics: with a token, for callers that send it as a bearer token;
+    # without, for loopback and private addresses only.
+    metrics_token: str | None = None
+    # All of a request's headers together, and the requests one worker serves
+    # at once (WebSockets apart); past either, the API's own problem+json:
+    # 431 headers_too_large, 503 overloaded with Retry-After.
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    max_requests_in_flight: int = Field(default=2000, ge=1)
     events_cache_s: int = 60
     # Tickets: the Ed25519 private key (PEM, PKCS#8) that signs them; None:
     # generated into data_dir.

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.api_support import PASSWORD, User, on_sale_event, register, user_with_role
 from tests.conftest import LiveApi
+from tests.sales import wait_for
 from tests.tools import need_tool
 
 pytestmark = pytest.mark.browser
@@ -203,11 +204,18 @@ async def test_the_page_reconnects_after_its_socket_drops_and_catches_up(
     # Placed while the page is (most likely) between sockets: the snapshot of
     # the new connection must carry it.
     await hold(http, rival, event["id"], seats=["A-3-3"])
-    await page.wait_for_function(
-        "window.onsaleLive.socket !== window.firstSocket"
-        " && document.getElementById('conn').dataset.state === 'live'",
-        timeout=15_000,
-    )
+
+    # Polled with evaluate, not wait_for_function: that one evals its
+    # predicate inside the page, which the page's CSP (no 'unsafe-eval') refuses.
+    async def reconnected() -> bool:
+        return bool(
+            await page.evaluate(
+                "() => window.onsaleLive.socket !== window.firstSocket"
+                " && document.getElementById('conn').dataset.state === 'live'"
+            )
+        )
+
+    await wait_for(reconnected, 15, "the page to reconnect")
     states = await page.evaluate("window.connStates")
     assert states[0] == "offline" and states[-1] == "live", states
     await expect(seat(page, "A-3-3")).to_have_attribute("data-status", "held")

@@ -5,10 +5,13 @@ ex-organizer's owner powers. Each test names the finding it closes."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from typing import Any
 
 import httpx
+from fastapi import FastAPI
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api import security
@@ -287,3 +290,78 @@ async def test_the_whole_seat_map_is_rate_limited_per_address(
             assert (await scraper.get(f"/events/{event['id']}/availability")).status_code == 200
         async with client_for(api.app, random_client()) as viewer:  # type: ignore[arg-type]
             assert (await viewer.get(path)).status_code == 200
+
+
+# ---------------------------------------------------------------- finding 12: bounds
+
+
+async def test_oversized_headers_are_431_in_the_apis_own_words(http: httpx.AsyncClient) -> None:
+    r = await http.get("/events", headers={"X-Padding": "x" * (8 * 1024 * 1024)})
+    problem(r, 431, "headers_too_large")
+    assert (await http.get("/events")).status_code == 200
+
+
+async def test_a_worker_past_its_requests_in_flight_answers_503_with_retry_after(
+    api_with: ApiWith,
+) -> None:
+    """Ten sign-ups at once (each an argon2 hash in a thread) on a worker that
+    serves two requests at a time: the rest are 503 ``overloaded`` with
+    Retry-After, in problem+json, never 500."""
+    async with api_with(max_requests_in_flight=2) as api:
+        bodies = [
+            {"email": unique_email("busy"), "password": PASSWORD, "name": "Busy"} for _ in range(10)
+        ]
+        answers = await asyncio.gather(*(api.http.post("/auth/register", json=b) for b in bodies))
+        statuses = sorted(r.status_code for r in answers)
+        assert 201 in statuses and 503 in statuses and set(statuses) <= {201, 503}, statuses
+        for r in answers:
+            if r.status_code == 503:
+                problem(r, 503, "overloaded")
+                assert r.headers["retry-after"] == "1"
+        assert (await api.http.get("/healthz")).status_code == 200
+
+
+# ---------------------------------------------------------------- finding 13
+
+
+async def test_the_seat_map_page_may_not_be_framed_or_sniffed(
+    http: httpx.AsyncClient, event: dict[str, Any]
+) -> None:
+    r = await http.get(f"/events/{event['id']}/live")
+    assert r.status_code == 200
+    policy = r.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in policy and "default-src 'self'" in policy
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["referrer-policy"] == "no-referrer"
+
+
+async def test_metrics_are_for_scrapers_not_the_internet(
+    app: FastAPI, http: httpx.AsyncClient, api_with: ApiWith
+) -> None:
+    assert (await http.get("/metrics")).status_code == 200  # a private address
+    async with client_for(app, ("8.8.8.8", 4000)) as public:
+        problem(await public.get("/metrics"), 403, "forbidden")
+    async with api_with(metrics_token="scrape-me") as api:
+        problem(await api.http.get("/metrics"), 403, "forbidden")
+        wrong = {"Authorization": "Bearer guess"}
+        problem(await api.http.get("/metrics", headers=wrong), 403, "forbidden")
+        right = {"Authorization": "Bearer scrape-me"}
+        assert (await api.http.get("/metrics", headers=right)).status_code == 200
+
+
+async def test_a_refusal_is_remembered_for_a_minute_not_a_day(
+    http: httpx.AsyncClient, db: AsyncEngine, redis: Redis
+) -> None:
+    buyer = await make_user(db, http, "customer")
+    key = uuid.uuid4().hex
+    headers = {**buyer.auth, "Idempotency-Key": key}
+    body = {"hold_id": "hl_nothing.ev_0000000000000000"}
+    first = await http.post("/orders", json=body, headers=headers)
+    assert 400 <= first.status_code < 500, first.text
+    again = await http.post("/orders", json=body, headers=headers)
+    assert (again.status_code, again.headers.get("idempotent-replayed")) == (
+        first.status_code, "true"
+    )  # fmt: skip
+    scope = f"orders\0{uuid.UUID(buyer.id)}"
+    stored = "onsale:idem:" + hashlib.sha256(f"{scope}\0{key}".encode()).hexdigest()
+    assert 0 < await redis.ttl(stored) <= 60

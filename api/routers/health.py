@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from api.errors import ApiError
 from api.observability import metrics_text
 from api.problems import problem
+from api.schemas import problem_responses
 from engine import runtime
 from persistence.db import ping as ping_db
 from persistence.writer import outbox_lag
@@ -55,10 +59,14 @@ async def readyz(request: Request) -> Any:
     )
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response, responses=problem_responses(403))
 async def metrics(request: Request) -> Response:
     """Prometheus text format: request latency, holds by result, engine batch
-    sizes and actor calls, and the outbox writer's lag."""
+    sizes and actor calls, and the outbox writer's lag. With
+    ``ONSALE_METRICS_TOKEN`` set, for callers that send it as a bearer token;
+    without, for loopback and private addresses only (a scraper beside the
+    API, not the internet)."""
+    _may_scrape(request)
     try:
         lag = await asyncio.wait_for(outbox_lag(request.app.state.redis), CHECK_TIMEOUT_S)
         writer_lag: tuple[int, float] | None = (lag.pending, lag.oldest_age_s)
@@ -66,3 +74,19 @@ async def metrics(request: Request) -> Response:
         writer_lag = None
     body, content_type = metrics_text(writer_lag)
     return Response(body, media_type=content_type)
+
+
+def _may_scrape(request: Request) -> None:
+    token = request.app.state.settings.metrics_token
+    if token:
+        sent = request.headers.get("authorization", "")
+        if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+            raise ApiError("forbidden", "send the metrics token: Authorization: Bearer <token>")
+        return
+    host = request.client.host if request.client else ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ApiError("forbidden", "metrics are for loopback and private addresses") from None
+    if not (address.is_loopback or address.is_private):
+        raise ApiError("forbidden", "metrics are for loopback and private addresses")

@@ -30,6 +30,12 @@ SEND_TIMEOUT_S = 10.0  # a socket that takes this long to take one message is st
 # again later (busy, or over the address's rate or socket cap), 4404 no such event.
 CLOSE_POLICY, CLOSE_TRY_LATER, CLOSE_NOT_FOUND = 1008, 1013, 4404
 CLOSE_TOO_SLOW = CLOSE_POLICY
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 PING = json.dumps({"type": "ping"})
 BAD_MESSAGES_MAX = 5  # answered with an error each; the next one closes the socket
 BAD_MESSAGE = json.dumps(
@@ -39,8 +45,12 @@ BAD_MESSAGE = json.dumps(
 
 @router.get("/events/{event_id}/live", response_class=HTMLResponse, include_in_schema=False)
 async def live_page(event_id: str) -> HTMLResponse:
-    """The seat-map page; its script reads the event id from the address."""
-    return HTMLResponse(STATIC.joinpath("live.html").read_text(encoding="utf-8"))
+    """The seat-map page; its script reads the event id from the address. It
+    runs only its own script and styles, talks only to this host, and may not
+    be framed (a buyer's hold button inside someone else's page)."""
+    return HTMLResponse(
+        STATIC.joinpath("live.html").read_text(encoding="utf-8"), headers=PAGE_HEADERS
+    )
 
 
 @router.websocket("/ws/events/{event_id}")
