@@ -122,7 +122,12 @@ def create_app(settings: Settings | None = None) -> OnsaleApp:
         )
         if state.payments is not None:
             state.settlement = Settlement(
-                state.db, state.engine, state.event_cache, state.redis, state.payments
+                state.db,
+                state.engine,
+                state.event_cache,
+                state.redis,
+                state.payments,
+                payment_window_s=settings.payment_window_s,
             )
         gc.collect()
         gc.freeze()  # start-up objects live for the process: spare the collector

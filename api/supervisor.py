@@ -155,7 +155,14 @@ def run_reconciler(settings: Settings) -> None:
                 ready.stripe_api_base,
                 timeout_s=ready.payments_timeout_s,
             )
-            settlement = Settlement(db, engine, Cards(engine, db), redis, payments)
+            settlement = Settlement(
+                db,
+                engine,
+                Cards(engine, db),
+                redis,
+                payments,
+                payment_window_s=ready.payment_window_s,
+            )
             try:
                 reconciler = Reconciler(
                     settlement,

@@ -11,7 +11,6 @@ Postgres. The sale itself is made when the payment arrives
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from engine.client import EngineClient
@@ -44,10 +43,9 @@ async def checkout(
     *,
     hold_id: str,
     user: Principal,
-    payment_window_s: int,
 ) -> Checkout:
     """An order for the caller's live hold, with a PaymentIntent for the
-    amount priced here; the hold is kept for the payment window."""
+    amount priced here; the hold keeps its own expiry."""
     event, hold = await own_hold(events, engine, hold_id, user)
     if event.status is EventStatus.CANCELLED:
         raise SaleRefused("event_ended", "the event is cancelled")
@@ -71,7 +69,10 @@ async def checkout(
         hold_id=hold.hold_id,
         customer_id=user.customer_id,
         order_id=order_id,
-        until_ms=int((time.time() + payment_window_s) * 1000),
+        # The hold keeps its own expiry: checking out is not paying. It is
+        # kept for the payment window only once Stripe says a payment is under
+        # way (sales.settlement.Settlement.under_way).
+        until_ms=hold.expires_at_ms,
         amount_cents=amount,
         currency=event.currency,
         items=tuple(items_to_json(items)),

@@ -21,6 +21,9 @@ settles through the same functions when a webhook never comes.
   ends ``refunded``, reason ``seats_resold``, ``event_cancelled`` or
   ``customer_limit``):
   a payment that can no longer become a sale is never left taken.
+- ``payment_intent.processing`` / ``requires_action``: a payment is under
+  way; the hold, which checkout left at its own expiry, is kept until the
+  payment window from checkout ends (once: the same instant however often).
 - ``payment_intent.payment_failed``: noted; the buyer may try another card
   while the hold lasts, then it frees itself.
 - ``payment_intent.canceled``: the order ends ``cancelled``, the hold is released.
@@ -59,6 +62,8 @@ from sales.refunds import return_to_sale
 from sales.vocabulary import OrderStatus, PaymentStatus
 
 log = logging.getLogger(__name__)
+# Stripe's word that a payment is under way: the hold is kept for it.
+UNDER_WAY = frozenset({"payment_intent.processing", "payment_intent.requires_action"})
 MISMATCHES = Counter(
     "onsale_payment_mismatches_total",
     "Succeeded payments that could not pay an order as they stood: a PaymentIntent "
@@ -84,9 +89,12 @@ class Settlement:
         events: EventLookup,
         redis: AsyncRedis,
         payments: Payments,
+        *,
+        payment_window_s: int = 900,
     ) -> None:
         self.db, self.engine, self.events, self.redis = db, engine, events, redis
         self.payments = payments
+        self.payment_window_s = payment_window_s
 
     async def handle(self, event: dict[str, Any]) -> bool:
         """Applies a verified Stripe event; False if it was handled before."""
@@ -111,6 +119,8 @@ class Settlement:
         if kind == "payment_intent.succeeded":
             amount, currency = received(obj)
             await self.succeeded(order, intent_id, amount, currency, stripe_event=event["id"])
+        elif kind in UNDER_WAY:
+            await self.under_way(order)
         elif kind == "payment_intent.payment_failed":
             if order.status is OrderStatus.PENDING_PAYMENT:
                 await self.engine.note_payment(
@@ -232,6 +242,19 @@ class Settlement:
             reason,
             stripe_event=stripe_event,
         )
+
+    async def under_way(self, order: OrderRecord) -> None:
+        """Stripe is taking the payment (a bank's check, 3-D Secure): the hold
+        is kept until the payment window from checkout ends, and no longer,
+        however often Stripe says so. A hold that already lapsed is left to
+        the late sale should the payment succeed."""
+        if order.status is not OrderStatus.PENDING_PAYMENT:
+            return
+        until_ms = int(order.created_at.timestamp() * 1000) + self.payment_window_s * 1000
+        try:
+            await self.engine.extend(order.event_id, order.hold_id, order.customer_id, until_ms)
+        except (HoldExpired, HoldNotFound):
+            pass
 
     async def cancelled(self, order: OrderRecord, *, stripe_event: str = "") -> None:
         """The payment was cancelled: the order ends, its hold is let go."""

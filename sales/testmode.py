@@ -36,6 +36,8 @@ from persistence.secrets import load_or_create_secret
 
 WEBHOOK_EVENTS = [
     "payment_intent.succeeded",
+    "payment_intent.processing",
+    "payment_intent.requires_action",
     "payment_intent.payment_failed",
     "payment_intent.canceled",
     "charge.refunded",

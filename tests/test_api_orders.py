@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -67,13 +67,10 @@ async def test_order_for_a_hold_awaits_payment(
     assert body["order_id"] and body["status"] == "pending_payment"
     assert (body["event_id"], body["hold_id"]) == (event["id"], placed["hold_id"])
     assert (body["amount_cents"], body["currency"]) == (9000, "EUR")
-    # The hold is kept for the payment window (15 min by default), not forever,
-    # and the order expires with it.
-    extended = (await http.get(f"/holds/{placed['hold_id']}", headers=buyer.auth)).json()
-    assert body["expires_at"] == extended["expires_at"]
-    order_expiry = datetime.fromisoformat(body["expires_at"])
-    assert order_expiry > datetime.fromisoformat(placed["expires_at"])
-    assert order_expiry <= datetime.now(UTC) + timedelta(seconds=900)
+    # Checking out is not paying: the hold keeps its own expiry (no payment is
+    # under way yet), and the order expires with it.
+    kept = (await http.get(f"/holds/{placed['hold_id']}", headers=buyer.auth)).json()
+    assert body["expires_at"] == kept["expires_at"] == placed["expires_at"]
     assert sorted(body["items"], key=lambda i: i["seat"]) == [
         {"seat": "A-1-1", "section": "A", "quantity": 1, "price_cents": 4500},
         {"seat": "A-1-2", "section": "A", "quantity": 1, "price_cents": 4500},

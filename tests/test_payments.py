@@ -103,7 +103,7 @@ async def test_declined_card_leaves_the_order_unpaid_and_the_seats_held_until_th
         async def freed() -> bool:
             return (await seat_status(http, event_id))["A-1-3"] == "available"
 
-        await wait_for(freed, 40, "the unpaid hold to lapse")  # payment window is 20 s here
+        await wait_for(freed, 40, "the unpaid hold to lapse")  # its 30 s: checkout kept them
         assert (await order_status(live_api, http, auth, order["order_id"]))["status"] == "expired"
 
 

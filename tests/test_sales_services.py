@@ -82,9 +82,7 @@ class Sale:
         created = await catalog.create_event(self.db, None, draft, [STALLS])
         return await catalog.put_on_sale(self.db, self.engine, created.id)
 
-    async def checkout(
-        self, event: EventRecord, buyer: Principal, seats: list[str], window_s: int = 900
-    ) -> Checkout:
+    async def checkout(self, event: EventRecord, buyer: Principal, seats: list[str]) -> Checkout:
         hold_id = holds.new_hold_id(event.id, buyer, None)
         await holds.place(self.engine, event, buyer, hold_id, seats=seats)
         return await checkout(
@@ -94,7 +92,6 @@ class Sale:
             self.payments,
             hold_id=hold_id,
             user=buyer,
-            payment_window_s=window_s,
         )
 
     async def pay(self, intent_id: str) -> dict[str, Any]:
@@ -224,7 +221,7 @@ async def test_a_payment_after_the_hold_lapsed_buys_the_same_seats_if_still_free
 ) -> None:
     event = await sale.event(hold_ttl_s=1)
     buyer = customer()
-    done = await sale.checkout(event, buyer, ["A-2-1"], window_s=1)
+    done = await sale.checkout(event, buyer, ["A-2-1"])
     assert done.intent is not None
     await _lapsed(sale, event.id, done.order.hold_id)
     stripe_event = await sale.pay(done.intent.id)
@@ -238,7 +235,7 @@ async def test_a_payment_for_seats_resold_meanwhile_is_refunded_and_sells_nothin
 ) -> None:
     event = await sale.event(hold_ttl_s=1)
     late, quick = customer(), customer()
-    done = await sale.checkout(event, late, ["A-2-2"], window_s=1)
+    done = await sale.checkout(event, late, ["A-2-2"])
     assert done.intent is not None
     await _lapsed(sale, event.id, done.order.hold_id)
     # The quick buyer's hold is kept for 10 minutes (not the event's 1 s), so
@@ -332,8 +329,8 @@ async def test_reconcilers_settle_a_lost_webhook_once_and_cancel_what_was_never_
     can never be paid unseen, and its seat is free again."""
     event = await sale.event(hold_ttl_s=1)
     payer, dawdler = customer(), customer()
-    paid = await sale.checkout(event, payer, ["A-1-1"], window_s=900)
-    unpaid = await sale.checkout(event, dawdler, ["A-1-2"], window_s=1)
+    paid = await sale.checkout(event, payer, ["A-1-1"])
+    unpaid = await sale.checkout(event, dawdler, ["A-1-2"])
     assert paid.intent is not None and unpaid.intent is not None
     await sale.pay(paid.intent.id)  # the webhook never comes
     await _lapsed(sale, event.id, unpaid.order.hold_id)
@@ -457,10 +454,10 @@ async def test_a_late_payment_past_the_per_customer_limit_is_refunded_and_sells_
     pays the lapsed one. The late sale would make 4: refunded instead."""
     event = await sale.event(hold_ttl_s=1, max_per_customer=2)
     buyer = customer()
-    lapsed = await sale.checkout(event, buyer, ["A-1-1", "A-1-2"], window_s=1)
+    lapsed = await sale.checkout(event, buyer, ["A-1-1", "A-1-2"])
     assert lapsed.intent is not None
     await _lapsed(sale, event.id, lapsed.order.hold_id)
-    bought = await sale.checkout(event, buyer, ["A-2-1", "A-2-2"], window_s=600)
+    bought = await sale.checkout(event, buyer, ["A-2-1", "A-2-2"])
     assert bought.intent is not None
     assert await sale.settlement.handle(await sale.pay(bought.intent.id))
     assert await sale.settlement.handle(await sale.pay(lapsed.intent.id))
@@ -490,3 +487,31 @@ async def test_releasing_a_checked_out_hold_cancels_its_order_and_payment_intent
     assert (order.status, order.status_reason) == (OrderStatus.CANCELLED, "released")
     assert await sale.seats(event.id) == {}
     assert (await sale.recorded(done.order.id)).status is OrderStatus.CANCELLED
+
+
+async def test_a_hold_is_kept_for_the_payment_window_only_once_a_payment_is_under_way(
+    sale: Sale,
+) -> None:
+    """Checking out leaves the hold's expiry alone; Stripe's word that the
+    payment is under way keeps it until the window from checkout ends, once."""
+    event = await sale.event(hold_ttl_s=60)
+    buyer = customer()
+    done = await sale.checkout(event, buyer, ["A-1-5"])
+    assert done.intent is not None
+    hold = await sale.engine.hold(event.id, done.order.hold_id)
+    assert hold is not None
+    placed_until = hold.expires_at_ms
+    assert done.order.expires_at is not None
+    assert int(done.order.expires_at.timestamp() * 1000) == placed_until  # not extended
+    assert placed_until <= (datetime.now(UTC) + timedelta(seconds=61)).timestamp() * 1000
+
+    processing = {
+        "id": f"evt_{uuid.uuid4().hex}",
+        "type": "payment_intent.processing",
+        "data": {"object": {"id": done.intent.id, "object": "payment_intent"}},
+    }
+    window_ends = int(done.order.created_at.timestamp() * 1000) + 900_000
+    for _ in range(2):  # said twice (or redelivered): the same instant
+        await sale.settlement.handle({**processing, "id": f"evt_{uuid.uuid4().hex}"})
+        kept = await sale.engine.hold(event.id, done.order.hold_id)
+        assert kept is not None and kept.expires_at_ms == window_ends

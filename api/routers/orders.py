@@ -78,8 +78,10 @@ async def create_order(
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Checks out one of your active holds: an order awaiting payment, with a
-    Stripe PaymentIntent for the amount priced here. The hold is kept for the
-    payment window (``ONSALE_PAYMENT_WINDOW_S``), never longer. One order per hold."""
+    Stripe PaymentIntent for the amount priced here. The hold keeps its
+    expiry; once Stripe reports a payment under way it is kept until the
+    payment window (``ONSALE_PAYMENT_WINDOW_S``) from checkout ends, never
+    longer. One order per hold."""
     state = request.app.state
 
     async def handler() -> tuple[int, Any]:
@@ -90,7 +92,6 @@ async def create_order(
             state.payments,
             hold_id=body.hold_id,
             user=user,
-            payment_window_s=state.settings.payment_window_s,
         )
         out = order_out(done.order)
         if done.intent is not None and done.provider is not None:
