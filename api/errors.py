@@ -130,7 +130,8 @@ class ApiError(Exception):
 
 
 def from_engine(exc: EngineError) -> ApiError:
-    extra = {k: v for k, v in exc.context.items() if k in ("unavailable", "section", "limit")}
+    shown = ("unavailable", "section", "limit", "held_limit")
+    extra = {k: v for k, v in exc.context.items() if k in shown}
     if exc.code == "sold_out" and "available" in exc.context:
         extra["available"] = exc.context["available"]
     code = exc.code if exc.code in PROBLEMS else "internal_error"

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, model_validator
 
-from persistence.events import DEFAULT_MAX_TICKETS_PER_CUSTOMER
+from persistence.events import DEFAULT_MAX_HELD_PER_CUSTOMER, DEFAULT_MAX_TICKETS_PER_CUSTOMER
 from sales.vocabulary import (
     ApplicationStatus,
     EventStatus,
@@ -112,6 +112,13 @@ class EventIn(Body):
         description="tickets one customer may hold and buy (held and sold count alike); "
         "left out: 8; 0: no limit",
     )
+    max_held_per_customer: int = Field(
+        default=DEFAULT_MAX_HELD_PER_CUSTOMER,
+        ge=0,
+        le=1000,
+        description="places one customer may hold at once, whatever the limit above; "
+        "left out: 10; 0: no cap",
+    )
 
 
 class EventPatch(Body):
@@ -122,6 +129,7 @@ class EventPatch(Body):
     description: str | None = Field(default=None, max_length=5000)
     hold_ttl_s: int | None = Field(default=None, ge=30, le=3600)
     max_tickets_per_customer: int | None = Field(default=None, ge=0, le=100)
+    max_held_per_customer: int | None = Field(default=None, ge=0, le=1000)
 
     @model_validator(mode="after")
     def no_nulls(self) -> EventPatch:
@@ -176,6 +184,7 @@ class EventOut(BaseModel):
     status: EventStatus
     hold_ttl_s: int
     max_tickets_per_customer: int
+    max_held_per_customer: int
     created_at: datetime
     published_at: datetime | None
     sections: list[SectionOut]

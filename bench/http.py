@@ -224,6 +224,7 @@ async def prepare(database_url: str, redis_url: str) -> tuple[str, str]:
             "EUR",
             hold_ttl_s=600,
             max_tickets_per_customer=0,
+            max_held_per_customer=0,
         )
         floor = SectionSpec("GA", "Floor", 3000, SectionKind.GENERAL, capacity=GA_CAPACITY)
         await catalog.create_event(

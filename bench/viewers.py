@@ -361,6 +361,7 @@ async def prepare(ready: Settings) -> str:
             "EUR",
             hold_ttl_s=600,
             max_tickets_per_customer=0,
+            max_held_per_customer=0,
         )
         sections = [
             SectionSpec("HALL", "Hall", 5000, SectionKind.SEATED, rows=40, seats_per_row=75),

@@ -74,6 +74,7 @@ async def fill_outbox(db: AsyncEngine, scripts: InventoryScripts, orders: int, s
         starts_at=datetime.now(UTC),
         currency="EUR",
         max_tickets_per_customer=0,
+        max_held_per_customer=0,
     )
     await catalog.create_event(db, None, draft, SECTIONS, event_id=event_id, max_places=210_000)
     await catalog.put_on_sale(db, scripts, event_id)

@@ -82,7 +82,11 @@ class EventActor:
         return await future
 
     async def load_inventory(
-        self, sections: list[Section], status: EventStatus, max_per_customer: int
+        self,
+        sections: list[Section],
+        status: EventStatus,
+        max_per_customer: int,
+        max_held_per_customer: int = 0,
     ) -> bool:
         """Loads the seat map once; False if Redis already has it.
 
@@ -95,7 +99,11 @@ class EventActor:
             if self._restore is not None and await self._rebuild_if_missing():
                 return True
             return await self._scripts.load_inventory(
-                self.event_id, sections, status=status, max_per_customer=max_per_customer
+                self.event_id,
+                sections,
+                status=status,
+                max_per_customer=max_per_customer,
+                max_held_per_customer=max_held_per_customer,
             )
 
     async def set_status(self, status: EventStatus) -> EventStatus:

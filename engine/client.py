@@ -331,13 +331,16 @@ class EngineClient:
         *,
         status: EventStatus = EventStatus.ON_SALE,
         max_per_customer: int = 0,
+        max_held_per_customer: int = 0,
     ) -> bool:
         """Loads an event's seat map into Redis (once) and starts its actor."""
         actor = self.actor(event_id)
         return bool(
             await self._await(
                 event_id,
-                actor.load_inventory.remote(list(sections), status, max_per_customer),
+                actor.load_inventory.remote(
+                    list(sections), status, max_per_customer, max_held_per_customer
+                ),
                 self._start_timeout_s,
             )
         )

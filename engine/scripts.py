@@ -135,6 +135,7 @@ class InventoryScripts:
         status: EventStatus = EventStatus.ON_SALE,
         max_per_customer: int = 0,
         sold: dict[str, Any] | None = None,
+        max_held_per_customer: int = 0,
     ) -> bool:
         """Loads the seat map once; returns False if it was already loaded.
 
@@ -146,7 +147,14 @@ class InventoryScripts:
         raw = json.loads(
             await self._load(
                 keys=[*keys.inventory_keys(), keys.customers, keys.holds],
-                args=[event_id, str(status), max_per_customer, wire, json.dumps(sold or {})],
+                args=[
+                    event_id,
+                    str(status),
+                    max_per_customer,
+                    wire,
+                    json.dumps(sold or {}),
+                    max_held_per_customer,
+                ],
             )
         )
         if not raw["ok"]:

@@ -5,7 +5,7 @@
 -- rules of a hold live in one place and every operation file stays a few lines.
 --
 -- KEYS (the same seven, in this order, for every mutating script):
---   1 {ev:<id>}:meta       hash   version, status, max_per_customer, event_id
+--   1 {ev:<id>}:meta       hash   version, status, max_per_customer, max_held, event_id
 --   2 {ev:<id>}:seats      hash   seat id -> "a" | "h:<hold id>" | "s:<order id>"
 --   3 {ev:<id>}:sections   hash   "codes" -> "A,FLOOR"; "<code>:kind" -> seated|general,
 --                                 "<code>:cap", "<code>:held", "<code>:sold"
@@ -144,6 +144,18 @@ local function customer_limit()
   return tonumber(meta_field('max_per_customer') or '0')
 end
 
+-- Places one customer may hold at once (0: no cap), beside the limit on
+-- held and sold together: what an event with no limit still protects.
+local function held_limit()
+  return tonumber(meta_field('max_held') or '0')
+end
+
+-- Whether the engine keeps each customer's list of live holds (settled
+-- before a limit is checked).
+local function tracks_customers()
+  return customer_limit() > 0 or held_limit() > 0
+end
+
 -- Bumps the version once and publishes everything this script changed.
 local function finish()
   if #changed_seat_order == 0 and #changed_section_order == 0 then
@@ -236,7 +248,7 @@ local function end_hold(hold_id, rec, new_status, order_id)
   end
   redis.call('HINCRBY', K_CUSTOMERS, rec.c .. ':held', -rec.q)
   if sold then redis.call('HINCRBY', K_CUSTOMERS, rec.c .. ':sold', rec.q) end
-  if customer_limit() > 0 then drop_customer_hold(rec.c, hold_id) end
+  if tracks_customers() then drop_customer_hold(rec.c, hold_id) end
   rec.st = new_status
   rec.o = order_id
   if sold then
@@ -390,13 +402,17 @@ local function place_hold(op)
   if status ~= 'on_sale' then return fail('event_not_on_sale', {status = status}) end
 
   local quantity = op.seats and #op.seats or op.quantity
-  local limit = customer_limit()
-  if limit > 0 then
+  local limit, held_cap = customer_limit(), held_limit()
+  local tracked = limit > 0 or held_cap > 0
+  if tracked then
     settle_customer(op.customer_id)
     local held = tonumber(redis.call('HGET', K_CUSTOMERS, op.customer_id .. ':held') or '0')
     local sold = tonumber(redis.call('HGET', K_CUSTOMERS, op.customer_id .. ':sold') or '0')
-    if held + sold + quantity > limit then
+    if limit > 0 and held + sold + quantity > limit then
       return fail('customer_limit', {limit = limit, held = held, sold = sold})
+    end
+    if held_cap > 0 and held + quantity > held_cap then
+      return fail('customer_limit', {held_limit = held_cap, held = held, sold = sold})
     end
   end
 
@@ -427,7 +443,7 @@ local function place_hold(op)
   put_hold(op.hold_id, rec)
   redis.call('ZADD', K_EXPIRIES, rec.e, 'h:' .. op.hold_id)
   redis.call('HINCRBY', K_CUSTOMERS, op.customer_id .. ':held', quantity)
-  if limit > 0 then
+  if tracked then
     local ids = customer_holds(op.customer_id)
     table.insert(ids, op.hold_id)
     set_customer_holds(op.customer_id, ids)

@@ -1,6 +1,6 @@
 -- load_inventory.lua — put an event's inventory into Redis, once.
 --
--- KEYS[1] {ev:<id>}:meta      hash  version, status, max_per_customer, event_id
+-- KEYS[1] {ev:<id>}:meta      hash  version, status, max_per_customer, max_held, event_id
 -- KEYS[2] {ev:<id>}:seats     hash  seat id -> "a" (available)
 -- KEYS[3] {ev:<id>}:sections  hash  "codes", "<code>:kind|cap|held|sold|rows|seats_per_row"
 -- KEYS[4] {ev:<id>}:customers hash  "<customer>:sold" (tickets bought, for the limit)
@@ -11,6 +11,7 @@
 -- ARGV[4] JSON array of sections, in display order:
 --         {"code": "A", "kind": "seated", "rows": R, "seats_per_row": S}
 --         {"code": "FLOOR", "kind": "general", "capacity": N}
+-- ARGV[6] optional: max places one customer may hold at once (0 or absent: no cap)
 -- ARGV[5] optional JSON of what is already sold, when rebuilding from Postgres:
 --         {"seats": {"A-1-1": "<order id>", ...}, "general": {"FLOOR": n, ...},
 --          "customers": {"<customer>": n, ...}, "refunds": {"<order id>": ms, ...},
@@ -110,5 +111,6 @@ if ARGV[5] and ARGV[5] ~= '' then
   version = tonumber(sold.version) or 1
 end
 redis.call('HSET', KEYS[1], 'event_id', ARGV[1], 'status', ARGV[2],
-           'max_per_customer', tonumber(ARGV[3]) or 0, 'version', version)
+           'max_per_customer', tonumber(ARGV[3]) or 0, 'max_held', tonumber(ARGV[6]) or 0,
+           'version', version)
 return cjson.encode({ok = true, loaded = true, version = version, seats = total_seats})

@@ -31,6 +31,7 @@ class InventoryLoader(Protocol):
         *,
         status: EventStatus = ...,
         max_per_customer: int = ...,
+        max_held_per_customer: int = ...,
     ) -> bool: ...
 
 
@@ -63,7 +64,7 @@ async def publish_event(db: AsyncEngine, engine: InventoryLoader, event_id: str)
     async with db.begin() as conn:
         event = (
             await conn.execute(
-                select(Event.status, Event.max_tickets_per_customer)
+                select(Event.status, Event.max_tickets_per_customer, Event.max_held_per_customer)
                 .where(Event.id == event_id)
                 .with_for_update()
             )
@@ -89,6 +90,7 @@ async def publish_event(db: AsyncEngine, engine: InventoryLoader, event_id: str)
         sections,
         status=EventStatus.ON_SALE,
         max_per_customer=event.max_tickets_per_customer,
+        max_held_per_customer=event.max_held_per_customer,
     )
 
 

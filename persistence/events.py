@@ -21,6 +21,9 @@ MAX_SEATS_PER_EVENT = 200_000
 # Tickets one customer may hold and buy per event when the organizer says
 # nothing: one account cannot hold a venue (0, "no limit", must be asked for).
 DEFAULT_MAX_TICKETS_PER_CUSTOMER = 8
+# Places one customer may hold at once when the organizer says nothing: what
+# still protects an event whose organizer chose no limit (0: no cap, asked for).
+DEFAULT_MAX_HELD_PER_CUSTOMER = 10
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class EventDraft:
     hold_ttl_s: int = 600
     # 0: no limit, only ever an explicit choice; left out, a protective cap
     max_tickets_per_customer: int = DEFAULT_MAX_TICKETS_PER_CUSTOMER
+    max_held_per_customer: int = DEFAULT_MAX_HELD_PER_CUSTOMER
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,7 @@ class EventRecord:
     max_tickets_per_customer: int
     created_at: datetime
     published_at: datetime | None
+    max_held_per_customer: int = 0  # places held at once (0: no cap)
     sections: tuple[SectionRecord, ...] = field(default=())
 
     def section(self, code: str) -> SectionRecord | None:

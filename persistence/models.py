@@ -98,6 +98,7 @@ class Event(Base):
         CheckConstraint(sql_in("status", EventStatus), name="status_known"),
         CheckConstraint("hold_ttl_s > 0", name="hold_ttl_positive"),
         CheckConstraint("max_tickets_per_customer >= 0", name="limit_not_negative"),
+        CheckConstraint("max_held_per_customer >= 0", name="held_cap_not_negative"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -110,6 +111,8 @@ class Event(Base):
     status: Mapped[str] = mapped_column(String(16), default=EventStatus.DRAFT)
     hold_ttl_s: Mapped[int] = mapped_column(Integer, default=600)
     max_tickets_per_customer: Mapped[int] = mapped_column(Integer, default=0)
+    # places one customer may hold at once (0: no cap)
+    max_held_per_customer: Mapped[int] = mapped_column(Integer, server_default="0")
     created_at: Mapped[datetime] = _now()
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 

@@ -37,9 +37,11 @@ class PostgresRestore:
             async with db.connect() as conn:
                 event = (
                     await conn.execute(
-                        select(Event.status, Event.max_tickets_per_customer).where(
-                            Event.id == event_id
-                        )
+                        select(
+                            Event.status,
+                            Event.max_tickets_per_customer,
+                            Event.max_held_per_customer,
+                        ).where(Event.id == event_id)
                     )
                 ).one_or_none()
                 if event is None or event.status == EventStatus.DRAFT:
@@ -81,6 +83,7 @@ class PostgresRestore:
             sections,
             status=EventStatus(event.status),
             max_per_customer=event.max_tickets_per_customer,
+            max_held_per_customer=event.max_held_per_customer,
             sold=sold,
         )
         if loaded and record is not None:  # and the card public reads show

@@ -85,7 +85,9 @@ async def test_more_than_general_capacity_is_sold_out(
     http: httpx.AsyncClient, buyer: User, other: User, organizer: User
 ) -> None:
     # No per-customer limit (asked for): capacity alone refuses here.
-    event = await on_sale_event(http, organizer, max_tickets_per_customer=0)
+    event = await on_sale_event(
+        http, organizer, max_tickets_per_customer=0, max_held_per_customer=0
+    )
     problem(await hold(http, buyer, event["id"], section="FLOOR", quantity=21), 409, "sold_out")
     assert await counts(http, event["id"]) == fresh_stats()
     await held(http, other, event["id"], section="FLOOR", quantity=15)

@@ -179,7 +179,11 @@ async def _event(server: InProcess, db: AsyncEngine, rows: int = 10, per_row: in
     organizer = await user_with_role(db, server.http, "organizer")
     stalls = {**STALLS, "rows": rows, "seats_per_row": per_row}
     event = await on_sale_event(  # no per-customer limit: the storms hold by the hundred
-        server.http, organizer, [stalls, {**FLOOR, "capacity": 500}], max_tickets_per_customer=0
+        server.http,
+        organizer,
+        [stalls, {**FLOOR, "capacity": 500}],
+        max_tickets_per_customer=0,
+        max_held_per_customer=0,
     )
     return str(event["id"])
 

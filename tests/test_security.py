@@ -365,3 +365,30 @@ async def test_a_refusal_is_remembered_for_a_minute_not_a_day(
     scope = f"orders\0{uuid.UUID(buyer.id)}"
     stored = "onsale:idem:" + hashlib.sha256(f"{scope}\0{key}".encode()).hexdigest()
     assert 0 < await redis.ttl(stored) <= 60
+
+
+async def test_with_no_limit_chosen_one_customer_still_holds_at_most_the_held_cap(
+    http: httpx.AsyncClient, db: AsyncEngine, organizer: User
+) -> None:
+    """An organizer who chose no per-customer limit still has a cap on what
+    one customer holds at once (10 when left out), which they may raise."""
+    floor = [{"kind": "general", "code": "GA", "name": "Floor", "price_cents": 3000,
+              "capacity": 1000}]  # fmt: skip
+    unlimited = await on_sale_event(http, organizer, floor, max_tickets_per_customer=0)
+    assert (unlimited["max_tickets_per_customer"], unlimited["max_held_per_customer"]) == (0, 10)
+    buyer = await make_user(db, http, "customer")
+    assert (await held(http, buyer, unlimited["id"], section="GA", quantity=10))["quantity"] == 10
+    over = problem(
+        await http.post(f"/events/{unlimited['id']}/holds", json={"section": "GA", "quantity": 1},
+                        headers=buyer.auth),
+        403,
+        "customer_limit",
+    )  # fmt: skip
+    assert over["held_limit"] == 10
+    counts = (await http.get(f"/events/{unlimited['id']}/availability")).json()["sections"]
+    assert counts[0]["held"] == 10
+
+    raised = await on_sale_event(
+        http, organizer, floor, max_tickets_per_customer=0, max_held_per_customer=50
+    )
+    assert (await held(http, buyer, raised["id"], section="GA", quantity=50))["quantity"] == 50

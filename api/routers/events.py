@@ -65,6 +65,7 @@ def event_out(event: EventRecord) -> EventOut:
         status=event.status,
         hold_ttl_s=event.hold_ttl_s,
         max_tickets_per_customer=event.max_tickets_per_customer,
+        max_held_per_customer=event.max_held_per_customer,
         created_at=event.created_at,
         published_at=event.published_at,
         sections=[SectionOut(**s.__dict__) for s in event.sections],

@@ -131,7 +131,7 @@ def create_event(host: str, token: str, scenario: str, rows: int, per_row: int, 
     event = post("/events", {
         "name": f"load {scenario} {starts_at:%H%M%S}-{uuid.uuid4().hex[:6]}",
         "venue": "Load Hall", "starts_at": starts_at.isoformat(), "currency": "EUR",
-        "hold_ttl_s": 600, "max_tickets_per_customer": 0,
+        "hold_ttl_s": 600, "max_tickets_per_customer": 0, "max_held_per_customer": 0,
     })  # fmt: skip
     if rows and per_row:
         post(f"/events/{event['id']}/sections", {
