@@ -246,7 +246,9 @@ local function end_hold(hold_id, rec, new_status, order_id)
     bump(rec.sec, 'held', -rec.q)
     if sold then bump(rec.sec, 'sold', rec.q) end
   end
-  redis.call('HINCRBY', K_CUSTOMERS, rec.c .. ':held', -rec.q)
+  if redis.call('HINCRBY', K_CUSTOMERS, rec.c .. ':held', -rec.q) <= 0 then
+    redis.call('HDEL', K_CUSTOMERS, rec.c .. ':held')  -- nothing held: no field left behind
+  end
   if sold then redis.call('HINCRBY', K_CUSTOMERS, rec.c .. ':sold', rec.q) end
   if tracks_customers() then drop_customer_hold(rec.c, hold_id) end
   rec.st = new_status

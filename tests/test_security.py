@@ -392,3 +392,17 @@ async def test_with_no_limit_chosen_one_customer_still_holds_at_most_the_held_ca
         http, organizer, floor, max_tickets_per_customer=0, max_held_per_customer=50
     )
     assert (await held(http, buyer, raised["id"], section="GA", quantity=50))["quantity"] == 50
+
+
+async def test_a_customer_who_holds_nothing_leaves_no_counter_behind(
+    http: httpx.AsyncClient, db: AsyncEngine, event: dict[str, Any], redis: Redis
+) -> None:
+    """Finding 13 (in part): per-customer held counters are dropped once they
+    reach zero, not kept for every passer-by for the life of the event."""
+    buyer = await make_user(db, http, "customer")
+    placed = await held(http, buyer, event["id"], section="FLOOR", quantity=2)
+    field = f"{uuid.UUID(buyer.id).hex}:held"
+    customers = f"{{ev:{event['id']}}}:customers"
+    assert await redis.hget(customers, field) == b"2"
+    assert (await http.delete(f"/holds/{placed['hold_id']}", headers=buyer.auth)).status_code == 204
+    assert not await redis.hexists(customers, field)
