@@ -164,11 +164,12 @@ class Settlement:
         """A succeeded payment of the order's own PaymentIntent: sold if Stripe
         took the order's amount in its currency; otherwise recorded, alerted
         and refunded, and the order ends ``refunded`` (``payment_mismatch``)."""
-        if (
+        matches = (
             amount == order.amount_cents
             and (currency or "").lower() == (order.currency or "").lower()
-        ):
-            await self.paid(order, intent_id, stripe_event=stripe_event)
+        )
+        if matches or order.status in (OrderStatus.PAID, OrderStatus.REFUNDED):
+            await self.paid(order, intent_id, stripe_event=stripe_event)  # settled: a replay
             return
         _alert(
             "amount_mismatch",

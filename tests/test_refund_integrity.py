@@ -7,6 +7,11 @@ the event starts; releasing checked-out holds cannot beat the limit."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import json
+import re
+import time
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -25,6 +30,7 @@ from tests.api_http import sql_rows
 from tests.api_support import PASSWORD, unique_email
 from tests.conftest import LiveApi
 from tests.payment_support import bearer, checkout, paid_order, stripe_client, until_status
+from tests.sales import wait_for
 from tests.test_payments import pg_order
 
 pytestmark = pytest.mark.slow
@@ -242,3 +248,99 @@ async def test_hold_checkout_release_three_times_then_paying_every_intent_beats_
             event_id,
         )
         assert valid[0][0] == 2
+
+
+def _signed_event(api: LiveApi, kind: str, obj: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+    """A Stripe event as Stripe would send it, signed with the endpoint's secret."""
+    payload = json.dumps({
+        "id": f"evt_{uuid.uuid4().hex[:16]}", "object": "event", "type": kind,
+        "created": int(time.time()), "data": {"object": obj},
+    }).encode()  # fmt: skip
+    at = int(time.time())
+    mac = hmac.new(api.webhook_secret.encode(), f"{at}.".encode() + payload, hashlib.sha256)
+    return payload, {
+        "Content-Type": "application/json",
+        "Stripe-Signature": f"t={at},v1={mac.hexdigest()}",
+    }
+
+
+async def _mismatches(http: httpx.AsyncClient, reason: str) -> float:
+    text = (await http.get("/metrics")).text
+    found = re.findall(rf'onsale_payment_mismatches_total{{reason="{reason}"}} ([0-9.e+]+)', text)
+    return sum(float(v) for v in found)
+
+
+async def test_a_foreign_payment_intent_naming_an_order_pays_nothing_through_the_webhook(
+    live_api: LiveApi, db: AsyncEngine, database_url: str
+) -> None:
+    """Finding 5, through Stripe's webhook to `onsale serve`: a 50 JPY
+    PaymentIntent made on the same account, its metadata naming a 100 EUR
+    order, is paid; localstripe delivers the event; the order stays unpaid."""
+    async with httpx.AsyncClient(base_url=live_api.base_url, timeout=30) as http:
+        event_id, _ = await _event(live_api, db, http, 4, _later())
+        buyer = bearer(live_api, uuid.uuid4())
+        order = await checkout(http, buyer, event_id, ["A-1-1", "A-1-2"])
+        assert order["amount_cents"] == 10_000
+        before = await _mismatches(http, "unknown_intent")
+        client = stripe_client(live_api)
+        foreign = client.v1.payment_intents.create(params={
+            "amount": 50, "currency": "jpy",
+            "metadata": {"order_id": order["order_id"], "event_id": event_id}})  # fmt: skip
+        assert await asyncio.to_thread(pay_with_card, client, foreign.id) == "succeeded"
+
+        async def alerted() -> bool:
+            return await _mismatches(http, "unknown_intent") > before
+
+        await wait_for(alerted, 30, "the foreign payment's alert")
+        seen = (await http.get(f"/orders/{order['order_id']}", headers=buyer)).json()
+        assert (seen["status"], seen["tickets"]) == ("pending_payment", [])
+        seats = (await http.get(f"/events/{event_id}/seats")).json()["seats"]
+        assert {s["id"]: s["status"] for s in seats}["A-1-1"] == "held"
+        rows = await sql_rows(database_url, "SELECT status FROM orders WHERE id = $1",
+                              order["order_id"])  # fmt: skip
+        assert [r[0] for r in rows] in ([], ["pending_payment"])  # never paid in Postgres
+        # The buyer's own payment still pays it.
+        assert (
+            await asyncio.to_thread(pay_with_card, client, order["payment"]["payment_intent_id"])
+            == "succeeded"
+        )
+        await until_status(http, buyer, order["order_id"], "paid")
+        assert await pg_order(database_url, order["order_id"]) == ("paid", 2)
+
+
+async def test_a_partial_dashboard_refund_through_the_webhook_leaves_the_order_paid(
+    live_api: LiveApi, db: AsyncEngine, database_url: str
+) -> None:
+    """Finding 8, through `onsale serve`: ``charge.refunded`` for part of the
+    charge changes nothing; for the rest, the order ends refunded."""
+    async with httpx.AsyncClient(base_url=live_api.base_url, timeout=30) as http:
+        event_id, _ = await _event(live_api, db, http, 4, _later())
+        buyer = bearer(live_api, uuid.uuid4())
+        order = await paid_order(live_api, http, buyer, event_id, ["A-1-1", "A-1-2"])
+        intent = order["payment"]["payment_intent_id"]
+        client = stripe_client(live_api)
+
+        def dashboard_refund(amount: int) -> dict[str, Any]:
+            client.v1.refunds.create(params={"payment_intent": intent, "amount": amount})
+            return dict(client.v1.payment_intents.retrieve(intent).latest_charge.to_dict())
+
+        charge = await asyncio.to_thread(dashboard_refund, 3000)
+        assert charge["refunded"] is False
+        payload, headers = _signed_event(live_api, "charge.refunded", charge)
+        assert (
+            await http.post("/webhooks/stripe", content=payload, headers=headers)
+        ).status_code == 200
+        seen = (await http.get(f"/orders/{order['order_id']}", headers=buyer)).json()
+        assert seen["status"] == "paid" and len(seen["tickets"]) == 2
+        assert await pg_order(database_url, order["order_id"]) == ("paid", 2)
+        seats = (await http.get(f"/events/{event_id}/seats")).json()["seats"]
+        assert {s["id"]: s["status"] for s in seats}["A-1-1"] == "sold"
+
+        charge = await asyncio.to_thread(dashboard_refund, 7000)
+        assert charge["refunded"] is True
+        payload, headers = _signed_event(live_api, "charge.refunded", charge)
+        assert (
+            await http.post("/webhooks/stripe", content=payload, headers=headers)
+        ).status_code == 200
+        await until_status(http, buyer, order["order_id"], "refunded")
+        assert await pg_order(database_url, order["order_id"]) == ("refunded", 0)
