@@ -117,7 +117,8 @@ async def get_ticket(db: AsyncEngine, ticket_id: uuid.UUID) -> TicketView | None
 
 _REFUND_CLAIMED = text(
     """
-    SELECT o.refund_claimed_at IS NOT NULL FROM tickets t JOIN orders o ON o.id = t.order_id
+    SELECT o.refund_claimed_at IS NOT NULL AND t.status = 'valid'
+    FROM tickets t JOIN orders o ON o.id = t.order_id
     WHERE t.id = :ticket_id FOR SHARE OF o
     """
 )

@@ -43,9 +43,13 @@ async def checkout(
     *,
     hold_id: str,
     user: Principal,
+    payment_window_s: int,
 ) -> Checkout:
     """An order for the caller's live hold, with a PaymentIntent for the
-    amount priced here; the hold keeps its own expiry."""
+    amount priced here; the hold keeps its own expiry. ``payment_window_s``
+    bounds how long a payment may still come: reconciliation gives the
+    PaymentIntent up (cancels it) only after that window from checkout, so a
+    buyer slower than the hold can still pay (a late sale)."""
     event, hold = await own_hold(events, engine, hold_id, user)
     if event.status is EventStatus.CANCELLED:
         raise SaleRefused("event_ended", "the event is cancelled")
@@ -91,7 +95,7 @@ async def checkout(
         customer_id=user.customer_id,
         intent_id=intent.id if intent else None,
         created_ms=placed.created_at_ms,
-        expires_ms=placed.expires_at_ms,
+        expires_ms=placed.created_at_ms + payment_window_s * 1000,
     )
     order = await engine_order(engine, events, order_id)
     assert order is not None  # the engine has just recorded it

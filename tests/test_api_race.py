@@ -86,8 +86,10 @@ async def test_500_buyers_race_for_the_last_10_seats_and_exactly_10_win(
         event = (
             await http.post(
                 "/events",
+                # One early buyer takes 90 seats: no per-customer limit or cap.
                 json={"name": "Last seats", "venue": "Hall", "starts_at": "2027-06-01T20:00:00Z",
-                      "currency": "EUR"},
+                      "currency": "EUR", "max_tickets_per_customer": 0,
+                      "max_held_per_customer": 0},
                 headers=organizer,
             )
         ).json()  # fmt: skip

@@ -92,6 +92,7 @@ class Sale:
             self.payments,
             hold_id=hold_id,
             user=buyer,
+            payment_window_s=1,  # reconciliation may give an unpaid one up at once
         )
 
     async def pay(self, intent_id: str) -> dict[str, Any]:

@@ -92,6 +92,7 @@ async def create_order(
             state.payments,
             hold_id=body.hold_id,
             user=user,
+            payment_window_s=state.settings.payment_window_s,
         )
         out = order_out(done.order)
         if done.intent is not None and done.provider is not None:
