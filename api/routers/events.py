@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from api.deps import (
+    Audit,
     AuditDep,
     DbDep,
     EngineDep,
@@ -108,52 +109,38 @@ async def add_section(
     return SectionOut(**section.__dict__)
 
 
+async def _status_changed(request: Request, audit: Audit, event: EventRecord) -> EventOut:
+    """After publish, close or cancel: caches dropped, the change audited."""
+    await _changed(request, event.id)
+    await audit("event.status", event.id, status=str(event.status))
+    return event_out(event)
+
+
 @router.post("/{event_id}/publish", responses=problem_responses(401, 403, 404, 409))
 async def publish(
-    event_id: str,
-    user: Organizer,
-    request: Request,
-    db: DbDep,
-    engine: EngineDep,
-    audit: AuditDep,
+    event_id: str, user: Organizer, request: Request, db: DbDep, engine: EngineDep, audit: AuditDep
 ) -> EventOut:
     """Puts the event on sale: Postgres first, then its inventory into Redis."""
     event = await catalog.publish(db, engine, event_id, user)
-    await _changed(request, event_id)
-    await audit("event.status", event_id, status=str(event.status))
-    return event_out(event)
+    return await _status_changed(request, audit, event)
 
 
 @router.post("/{event_id}/close", responses=problem_responses(401, 403, 404, 409))
 async def close(
-    event_id: str,
-    user: Organizer,
-    request: Request,
-    db: DbDep,
-    engine: EngineDep,
-    audit: AuditDep,
+    event_id: str, user: Organizer, request: Request, db: DbDep, engine: EngineDep, audit: AuditDep
 ) -> EventOut:
     """Ends the sale: no new holds; holds already placed may still be bought."""
     event = await catalog.end_sale(db, engine, event_id, EventStatus.CLOSED, user)
-    await _changed(request, event_id)
-    await audit("event.status", event_id, status=str(event.status))
-    return event_out(event)
+    return await _status_changed(request, audit, event)
 
 
 @router.post("/{event_id}/cancel", responses=problem_responses(401, 403, 404, 409))
 async def cancel(
-    event_id: str,
-    user: Organizer,
-    request: Request,
-    db: DbDep,
-    engine: EngineDep,
-    audit: AuditDep,
+    event_id: str, user: Organizer, request: Request, db: DbDep, engine: EngineDep, audit: AuditDep
 ) -> EventOut:
     """Cancels the event: no new holds and no new sales."""
     event = await catalog.end_sale(db, engine, event_id, EventStatus.CANCELLED, user)
-    await _changed(request, event_id)
-    await audit("event.status", event_id, status=str(event.status))
-    return event_out(event)
+    return await _status_changed(request, audit, event)
 
 
 @router.get("", response_model=EventPage)
