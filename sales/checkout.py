@@ -48,8 +48,9 @@ async def checkout(
     """An order for the caller's live hold, with a PaymentIntent for the
     amount priced here; the hold keeps its own expiry. ``payment_window_s``
     bounds how long a payment may still come: reconciliation gives the
-    PaymentIntent up (cancels it) only after that window from checkout, so a
-    buyer slower than the hold can still pay (a late sale)."""
+    PaymentIntent up (cancels it) only once the hold and that window from
+    checkout have both ended, so a buyer slower than the hold can still pay
+    (a late sale)."""
     event, hold = await own_hold(events, engine, hold_id, user)
     if event.status is EventStatus.CANCELLED:
         raise SaleRefused("event_ended", "the event is cancelled")
@@ -95,7 +96,8 @@ async def checkout(
         customer_id=user.customer_id,
         intent_id=intent.id if intent else None,
         created_ms=placed.created_at_ms,
-        expires_ms=placed.created_at_ms + payment_window_s * 1000,
+        # given up only once both the hold and the window from checkout ended
+        expires_ms=max(placed.expires_at_ms, placed.created_at_ms + payment_window_s * 1000),
     )
     order = await engine_order(engine, events, order_id)
     assert order is not None  # the engine has just recorded it

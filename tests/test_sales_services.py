@@ -92,7 +92,7 @@ class Sale:
             self.payments,
             hold_id=hold_id,
             user=buyer,
-            payment_window_s=1,  # reconciliation may give an unpaid one up at once
+            payment_window_s=0,  # reconciliation gives an unpaid one up when its hold ends
         )
 
     async def pay(self, intent_id: str) -> dict[str, Any]:
