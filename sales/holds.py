@@ -164,9 +164,12 @@ async def release(
                 raise SaleRefused("payments_unavailable", str(exc)[:200]) from exc
             if intent.status == "succeeded":
                 raise SaleRefused("already_confirmed", "the order was paid; refund it instead")
+        # One engine call: ending the order lets its hold go (or refuses,
+        # already_confirmed, if the sale got there first).
         await engine.end_order(
             event.id, hold_id, placed.order_id, OrderStatus.CANCELLED, "released"
         )
+        return
     released = await engine.release(event.id, hold_id, user.customer_id)
     if released.status is HoldStatus.CONFIRMED:
         raise SaleRefused("already_confirmed", "the hold was bought; refund the order instead")
