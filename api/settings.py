@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     writer_batch_size: int = 500
     writer_consumers: int = Field(default=2, ge=1)
     writer_reclaim_idle_ms: int = 10_000
+    # A closed or cancelled event that started this long ago has its
+    # inventory (seat map, hold records, per-buyer counters, refund markers)
+    # taken out of Redis by the writer, which looks this often; anything that
+    # touches the event again rebuilds it from Postgres (persistence.retire).
+    retire_after_s: float = Field(default=7 * 24 * 3600, ge=0)
+    retire_interval_s: float = Field(default=600.0, gt=0)
 
     # Auth: the HS256 key (None: generated into data_dir), token lifetimes.
     jwt_secret: str | None = None

@@ -114,6 +114,8 @@ def run_writer(settings: Settings) -> None:
                 consumers=ready.writer_consumers,
                 batch_size=ready.writer_batch_size,
                 reclaim_idle_ms=ready.writer_reclaim_idle_ms,
+                retire_after_s=ready.retire_after_s,
+                retire_interval_s=ready.retire_interval_s,
             )
 
         asyncio.run(main())

@@ -109,6 +109,11 @@ class EventActor:
     async def set_status(self, status: EventStatus) -> EventStatus:
         return await self._scripts.set_status(self.event_id, status)
 
+    async def restore(self) -> bool:
+        """Rebuilds the inventory from Postgres if Redis has none (a finished
+        event retired by persistence.retire, or a lost Redis); True if it did."""
+        return await self._restore_if_missing()
+
     async def stats(self) -> dict[str, int]:
         return dict(self._stats)
 

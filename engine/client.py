@@ -355,6 +355,15 @@ class EngineClient:
     async def snapshot(self, event_id: str, *, seats: bool = True) -> Snapshot:
         return await self._scripts.snapshot(event_id, seats=seats)
 
+    async def restore(self, event_id: str) -> bool:
+        """Has the event's actor rebuild its inventory from Postgres if Redis
+        has none (reads of a retired event); True if it was rebuilt."""
+        return bool(
+            await self._await(
+                event_id, self.actor(event_id).restore.remote(), self._start_timeout_s
+            )
+        )
+
     async def version(self, event_id: str) -> int | None:
         return await self._scripts.version(event_id)
 

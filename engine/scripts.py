@@ -125,6 +125,7 @@ class InventoryScripts:
         self._release = redis.register_script(lib + _lua("release.lua"))
         self._confirm = redis.register_script(lib + _lua("confirm.lua"))
         self._sweep = redis.register_script(lib + _lua("sweep.lua"))
+        self._retire = redis.register_script(_lua("retire.lua"))
         self._single = {"hold": self._hold, "release": self._release, "confirm": self._confirm}
 
     async def load_inventory(
@@ -245,6 +246,21 @@ class InventoryScripts:
         if raw is None:
             return None
         return HoldView.from_record(hold_id, json.loads(raw), seconds * 1000 + micros // 1000)
+
+    async def retire(self, event_id: str) -> str | None:
+        """Takes a finished event's inventory out of Redis (lua/retire.lua):
+        None once retired, else why it stays (``missing``, ``status``,
+        ``outbox``, ``holds``). The outbox leaves the writers' registry first,
+        so that no writer recreates the stream it reads; it goes back if the
+        inventory stays."""
+        keys = EventKeys(event_id)
+        await self.redis.srem(OUTBOX_REGISTRY, keys.outbox)
+        raw = json.loads(await self._retire(keys=keys.mutation_keys(), args=[]))
+        if raw["retired"]:
+            return None
+        if raw["why"] != "missing":
+            await self.redis.sadd(OUTBOX_REGISTRY, keys.outbox)
+        return str(raw["why"])
 
     async def version(self, event_id: str) -> int | None:
         """The inventory's version now (one HGET); None if Redis has no inventory."""

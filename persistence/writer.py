@@ -90,6 +90,13 @@ class Lag:
     oldest_age_s: float  # age of the oldest of them, 0 when none
 
 
+def _stream_gone(exc: ResponseError) -> bool:
+    """The error Redis gives a read of a stream deleted since the group was
+    made (NOGROUP), or to a read blocked on it when it went (UNBLOCKED)."""
+    text = str(exc)
+    return "NOGROUP" in text or "UNBLOCKED" in text or "no longer exists" in text
+
+
 def decode_entry(stream: bytes | str, entry_id: bytes | str, raw: dict[Any, Any]) -> Entry:
     """An entry as XREADGROUP, XAUTOCLAIM or XRANGE return it."""
     if isinstance(entry_id, bytes):  # a client without decode_responses
@@ -487,14 +494,19 @@ class OutboxWriter:
         for stream in self._streams:
             start = "0-0"
             while True:
-                start, claimed, *_ = await self.redis.xautoclaim(
-                    stream,
-                    GROUP,
-                    self.consumer,
-                    min_idle_time=min_idle_ms,
-                    start_id=start,
-                    count=self.batch_size,
-                )
+                try:
+                    start, claimed, *_ = await self.redis.xautoclaim(
+                        stream,
+                        GROUP,
+                        self.consumer,
+                        min_idle_time=min_idle_ms,
+                        start_id=start,
+                        count=self.batch_size,
+                    )
+                except ResponseError as exc:
+                    if not _stream_gone(exc):
+                        raise
+                    break  # retired, with nothing pending: the next refresh drops it
                 entries = [decode_entry(stream, i, f) for i, f in claimed if f]
                 if entries:
                     await self._persist(entries)
@@ -522,15 +534,25 @@ class OutboxWriter:
             if block:
                 await asyncio.sleep(self.block_ms / 1000)
             return []
-        if is_cluster(self.redis):
-            return await self._poll_each_stream(block)
-        reply: Any = await self.redis.xreadgroup(
-            GROUP,
-            self.consumer,
-            dict.fromkeys(self._streams, ">"),
-            count=self.batch_size,
-            block=self.block_ms if block else None,
-        )
+        try:
+            if is_cluster(self.redis):
+                return await self._poll_each_stream(block)
+            reply: Any = await self.redis.xreadgroup(
+                GROUP,
+                self.consumer,
+                dict.fromkeys(self._streams, ">"),
+                count=self.batch_size,
+                block=self.block_ms if block else None,
+            )
+        except ResponseError as exc:
+            if not _stream_gone(exc):
+                raise
+            # A finished event's inventory was retired (persistence.retire),
+            # outbox and all, under this read: read the registry afresh, and
+            # make the groups again of any stream a rebuild brought back.
+            self._streams = []
+            await self._refresh_streams()
+            return []
         return [decode_entry(stream, i, f) for stream, items in reply or [] for i, f in items]
 
     async def _poll_each_stream(self, block: bool) -> list[Entry]:
@@ -622,22 +644,34 @@ async def run_writer(
     *,
     redis_cluster: bool = False,
     consumers: int = 2,
+    retire_after_s: float | None = None,
+    retire_interval_s: float = 600.0,
     **options: Any,
 ) -> None:
     """`onsale writer`: ``consumers`` writers in one process until stopped.
 
     While one waits on Postgres's commit another decodes and sends the next
     batch; on two cores, two consumers write about 1.4x what one does.
-    ``redis_cluster``: ``redis_url`` names a Redis Cluster.
+    ``redis_cluster``: ``redis_url`` names a Redis Cluster. With
+    ``retire_after_s``, finished events' inventories leave Redis that long
+    after they started (persistence.retire), looked for every
+    ``retire_interval_s``.
     """
     from persistence.db import create_engine
+    from persistence.retire import retire_periodically
 
+    stop = stop or asyncio.Event()
     redis = redis_client(redis_url, cluster=redis_cluster)
-    db = create_engine(database_url, pool_size=consumers + 1)
-    try:
-        await asyncio.gather(
-            *(OutboxWriter(redis, db, **options).run(stop) for _ in range(consumers))
+    db = create_engine(database_url, pool_size=consumers + 2)
+    tasks = [OutboxWriter(redis, db, **options).run(stop) for _ in range(consumers)]
+    if retire_after_s is not None:
+        tasks.append(
+            retire_periodically(
+                redis, db, stop, after_s=retire_after_s, interval_s=retire_interval_s
+            )
         )
+    try:
+        await asyncio.gather(*tasks)
     finally:
         await redis.aclose()
         await db.dispose()

@@ -6,13 +6,17 @@ status, its problem+json ``code`` and for having changed nothing."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy.event
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from engine.scripts import EventKeys
+from persistence.retire import retire_finished
 from tests.api_http import (
     EVENT,
     counts,
@@ -494,3 +498,26 @@ async def test_public_reads_answer_as_their_routes_do_on_the_lean_path(
             "not_found")  # fmt: skip
     problem(await http.get(f"/events/{made['id']}/availability", headers=organizer.auth), 409,
             "event_not_on_sale")  # fmt: skip
+
+
+async def test_a_retired_events_availability_and_seat_map_come_back_from_postgres(
+    http: httpx.AsyncClient, organizer: User, db: AsyncEngine, redis: Redis
+) -> None:
+    """A finished event's inventory leaves Redis (persistence.retire); its
+    public reads rebuild it instead of answering 503 for good."""
+    event = await on_sale_event(http, organizer)
+    r = await http.post(f"/events/{event['id']}/close", headers=organizer.auth)
+    assert r.status_code == 200, r.text
+    before = await http.get(f"/events/{event['id']}/availability")
+    assert before.status_code == 200, before.text
+    after_the_show = datetime.fromisoformat(event["starts_at"]) + timedelta(days=8)
+    assert event["id"] in await retire_finished(redis, db, after_s=7 * 86400, now=after_the_show)
+    assert await redis.exists(EventKeys(event["id"]).meta) == 0
+
+    again = await http.get(f"/events/{event['id']}/availability")
+    assert again.status_code == 200, again.text
+    assert again.json()["sections"] == before.json()["sections"]
+    assert again.json()["version"] > before.json()["version"]  # a jump: viewers resync
+    seats = await http.get(f"/events/{event['id']}/seats")
+    assert seats.status_code == 200, seats.text
+    assert {s["status"] for s in seats.json()["seats"]} == {"available"}

@@ -302,10 +302,19 @@ async def _inventory(
     at it, if it has one."""
     if event.status is EventStatus.DRAFT:
         raise ApiError("event_not_on_sale", "a draft has no availability yet")
+    version = await _version(engine, event)
+    return version, request.app.state.rendered.get(kind, event.id, version)
+
+
+async def _version(engine: EngineClient, event: EventRecord) -> int:
+    """The inventory's version now. A finished event whose inventory was
+    retired from Redis (persistence.retire) is rebuilt from Postgres first."""
     version = await engine.version(event.id)
+    if version is None and await engine.restore(event.id):
+        version = await engine.version(event.id)
     if version is None:
         raise ApiError("engine_unavailable", "the event's inventory is being rebuilt")
-    return version, request.app.state.rendered.get(kind, event.id, version)
+    return version
 
 
 async def _snapshot(engine: EngineClient, event: EventRecord, *, seats: bool) -> Snapshot:
@@ -335,9 +344,7 @@ async def _availability(state: Any, event: EventRecord) -> tuple[int, bytes]:
     if event.status is EventStatus.DRAFT:
         raise ApiError("event_not_on_sale", "a draft has no availability yet")
     engine: EngineClient = state.engine
-    version = await engine.version(event.id)
-    if version is None:
-        raise ApiError("engine_unavailable", "the event's inventory is being rebuilt")
+    version = await _version(engine, event)
     body = state.rendered.get("availability", event.id, version)
     if body is None:
         snapshot = await _snapshot(engine, event, seats=False)
