@@ -107,7 +107,7 @@ def create_app(settings: Settings | None = None) -> OnsaleApp:
         state.event_cache = EventCache(state.db, state.engine)
         state.rendered = Rendered()
         state.live = LiveHub(
-            state.redis, state.engine.snapshot, tick_s=settings.live_tick_ms / 1000
+            state.redis, state.engine.live_snapshot, tick_s=settings.live_tick_ms / 1000
         )
         state.payments = (
             Payments(

@@ -21,7 +21,7 @@ from ray.actor import ActorHandle
 from redis.asyncio.cluster import RedisCluster
 
 from engine.actor import Restore, event_actor
-from engine.errors import EngineError, EngineTimeout, EngineUnavailable
+from engine.errors import EngineError, EngineTimeout, EngineUnavailable, EventNotFound
 from engine.model import (
     Command,
     ConfirmHold,
@@ -354,6 +354,15 @@ class EngineClient:
 
     async def snapshot(self, event_id: str, *, seats: bool = True) -> Snapshot:
         return await self._scripts.snapshot(event_id, seats=seats)
+
+    async def live_snapshot(self, event_id: str) -> Snapshot:
+        """A full snapshot for the live feed; a retired inventory is rebuilt first."""
+        try:
+            return await self.snapshot(event_id)
+        except EventNotFound:
+            if not await self.restore(event_id):
+                raise
+            return await self.snapshot(event_id)
 
     async def restore(self, event_id: str) -> bool:
         """Has the event's actor rebuild its inventory from Postgres if Redis

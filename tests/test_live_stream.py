@@ -26,7 +26,10 @@ from api.ratelimit import RateLimiter
 from api.routers import live as live_routes
 from api.settings import Settings
 from engine.client import EngineClient
+from engine.scripts import EventKeys
+from persistence import events as event_store
 from persistence import migrate
+from sales.vocabulary import EventStatus
 from tests.api_support import on_sale_event, served_in_process, user_with_role
 from tests.conftest import LiveApi
 from tests.live_support import (
@@ -279,6 +282,23 @@ async def test_a_resync_request_is_answered_with_a_fresh_snapshot(
         await ws.send("not json")
         error = json.loads(await asyncio.wait_for(ws.recv(), 5))
         assert error == {"type": "error", "code": "bad_message", "detail": error["detail"]}
+
+
+async def test_a_retired_events_stream_starts_from_a_rebuilt_snapshot(
+    server: InProcess, db: AsyncEngine, redis: Redis
+) -> None:
+    """A finished event whose inventory left Redis (persistence.retire):
+    its seat-map stream rebuilds it instead of failing."""
+    event_id = await _event(server, db)
+    await server.engine.hold_seats(event_id, "c1", ["A-1-1"], ttl_s=600)
+    await event_store.end_event(db, event_id, EventStatus.CLOSED)
+    await server.engine.set_status(event_id, EventStatus.CLOSED)
+    await redis.unlink(*EventKeys(event_id).mutation_keys())  # as retire.lua leaves it
+    async with websockets.connect(ws_url(server.base_url, event_id)) as ws:
+        first = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    assert first["type"] == "snapshot" and first["status"] == "closed"
+    assert first["seats"] == {}  # the hold was not sold: gone with the inventory
+    assert await redis.exists(EventKeys(event_id).meta) == 1
 
 
 async def test_an_idle_stream_is_pinged(
