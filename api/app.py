@@ -17,7 +17,7 @@ from api.event_cache import EventCache, Rendered
 from api.live import LiveHub
 from api.observability import HotRoute, RequestMiddleware, configure_logging, observe_batch
 from api.ratelimit import RateLimiter
-from api.routers import admin, auth, events, health, holds, live, orders, tickets, webhooks
+from api.routers import admin, auth, events, health, holds, live, orders, queue, tickets, webhooks
 from api.security import TokenVersions
 from api.settings import Settings, get_settings
 from engine import runtime
@@ -148,7 +148,7 @@ def create_app(settings: Settings | None = None) -> OnsaleApp:
     )
     errors.install(app)
     # Routes are matched in order: the hot path (holds) first.
-    for module in (holds, health, events, orders, tickets, auth, admin, webhooks, live):
+    for module in (holds, health, events, queue, orders, tickets, auth, admin, webhooks, live):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(packages=[("api", "static")]), name="static")
     hot = [

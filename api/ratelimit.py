@@ -4,9 +4,10 @@
 holds=20/minute,global=300/minute`` by default, ``off`` for none (load tests
 of the engine itself, and in-process tests, which all come from one
 address). login is per client address and email, register (new accounts)
-per client address, holds per user, seats (the whole seat map, the costliest
-public read) and live (seat-map WebSocket handshakes) per client address,
-global per client address. On a Redis
+per client address, holds and queue (joining a waiting room, reading one's
+place) per user, seats (the whole seat map, the costliest public read) and
+live (seat-map WebSocket handshakes) per client address, global per client
+address. On a Redis
 Cluster (``ONSALE_REDIS_CLUSTER``) the limits live in ``limits``' cluster
 storage: each counter is one key, so one slot.
 """
@@ -25,7 +26,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 
 from api.errors import ApiError
 
-NAMES = ("login", "register", "holds", "seats", "live", "global")
+NAMES = ("login", "register", "holds", "seats", "live", "queue", "global")
 KEY_PREFIX = "onsale:limits"
 
 

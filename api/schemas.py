@@ -369,3 +369,57 @@ class AuditEntryOut(BaseModel):
     action: str  # user.role_changed, order.refund, event.status, ticket.checked_in
     subject: str
     detail: dict[str, Any]
+
+
+# ------------------------------------------------------------- waiting room
+
+
+class QueueIn(BaseModel):
+    """An event's waiting room (its organizer's or an admin's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool
+    opens_at: AwareDatetime = Field(
+        description="when admission starts; joins before it get random places"
+    )
+    admit_per_minute: Annotated[int, Field(ge=1, le=1_000_000)] | Literal["auto"] = Field(
+        description='admissions a minute, or "auto": more while checkouts are fast, fewer when '
+        "they slow down or the inventory runs low"
+    )
+    max_active: int = Field(ge=1, le=1_000_000, description="admitted buyers shopping at once")
+    pass_ttl_s: int = Field(ge=30, le=3600, description="how long a pass lasts unused")
+    pre_open_order: Literal["random", "fifo"] = Field(
+        default="random",
+        description="places of those who join before the open: random (fair) or fifo",
+    )
+
+
+class QueueOut(BaseModel):
+    enabled: bool
+    opens_at: datetime
+    admit_per_minute: int | Literal["auto"]
+    max_active: int
+    pass_ttl_s: int
+    pre_open_order: Literal["random", "fifo"]
+    state: Literal["pre_queue", "open", "sold_out", "closed"]
+    waiting: int
+    active: int
+    admission_rate_per_minute: float
+    admitted_total: int
+
+
+class QueuePlaceOut(BaseModel):
+    status: Literal["waiting", "admitted", "expired", "none"]
+    state: Literal["pre_queue", "open", "sold_out", "closed"]
+    ahead: int | None = Field(default=None, description="people ahead of you")
+    eta_s: float | None = Field(default=None, description="estimated wait at the current rate")
+    waiting: int
+    pass_: str | None = Field(
+        default=None,
+        alias="pass",
+        description="the queue pass: send it as Onsale-Queue-Pass with your holds",
+    )
+    pass_expires_at: datetime | None = None
+
+    model_config = ConfigDict(populate_by_name=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import secrets
 import time
 import uuid
@@ -194,3 +195,70 @@ def new_refresh_token() -> tuple[str, str]:
 
 def refresh_token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+# ------------------------------------------------------------- queue passes
+#
+# A waiting-room admission (lua/queue.lua) travels as a JWT signed with a key
+# derived from the JWT secret for this purpose alone, so that a pass can
+# never pass for an access token nor an access token for a pass. It names its
+# account, its event and its admission (nonce, issued, expires: the engine
+# checks the admission on record in the same script call as the hold).
+
+PASS_ISSUER = "onsale-queue"
+
+
+def _pass_key(secret: str) -> str:
+    return hmac.new(secret.encode(), b"onsale queue pass", hashlib.sha256).hexdigest()
+
+
+def issue_queue_pass(
+    secret: str, user_id: uuid.UUID, event_id: str, nonce: str, issued_ms: int, expires_ms: int
+) -> str:
+    """The same claims give the same token: asking again returns the same pass."""
+    claims = {
+        "sub": str(user_id),
+        "ev": event_id,
+        "n": nonce,
+        "qi": issued_ms,
+        "iat": issued_ms // 1000,
+        "exp": expires_ms // 1000,
+        "qe": expires_ms,
+        "iss": PASS_ISSUER,
+    }
+    return jwt.encode(claims, _pass_key(secret), algorithm=ALGORITHM)
+
+
+@dataclass(frozen=True)
+class QueuePassClaims:
+    user_id: uuid.UUID
+    event_id: str
+    nonce: str
+    issued_ms: int
+    expires_ms: int
+
+
+def read_queue_pass(secret: str, token: str) -> QueuePassClaims:
+    """The pass's claims, its signature and expiry checked; InvalidToken otherwise."""
+    try:
+        claims = jwt.decode(
+            token,
+            _pass_key(secret),
+            algorithms=[ALGORITHM],
+            issuer=PASS_ISSUER,
+            options={"require": ["exp", "sub", "iss", "ev", "n", "qi", "qe"]},
+        )
+        expires_ms = int(claims["qe"])
+        if expires_ms <= time.time() * 1000:
+            raise InvalidToken("the queue pass has expired")
+        return QueuePassClaims(
+            uuid.UUID(claims["sub"]),
+            str(claims["ev"]),
+            str(claims["n"]),
+            int(claims["qi"]),
+            expires_ms,
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise InvalidToken("the queue pass has expired") from exc
+    except (jwt.PyJWTError, ValueError, KeyError, TypeError) as exc:
+        raise InvalidToken("the queue pass is not valid") from exc

@@ -61,7 +61,7 @@ class Settings(BaseSettings):
 
     # the names of api.ratelimit, each name=N/period; or "off".
     rate_limits: str = (
-        "login=5/minute,register=5/hour,holds=20/minute,seats=60/minute,live=30/minute,"
+        "login=5/minute,register=5/hour,holds=20/minute,seats=60/minute,live=30/minute,queue=60/minute,"
         "global=300/minute"
     )
     max_body_bytes: int = 64 * 1024

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import time
 from collections import deque
@@ -33,6 +34,18 @@ MAX_SWEEP_BACKOFF_S = 30.0  # while Redis is unreachable
 
 Restore = Callable[[InventoryScripts, str], Awaitable[bool]]
 
+# The waiting room's admission tick (lua/queue.lua "admit"): where "auto"
+# starts, its bounds (admissions a minute), the checkout latency it aims
+# under, and the longest gap between ticks that is made up for (an actor
+# restart must not admit a burst).
+DEFAULT_QUEUE_TICK: dict[str, float] = {
+    "auto_start": 600,
+    "auto_min": 60,
+    "auto_max": 6000,
+    "target_ms": 1000,
+    "max_gap_ms": 5000,
+}
+
 
 class EventActor:
     """Applies an event's commands in arrival order, a batch per script call.
@@ -51,6 +64,7 @@ class EventActor:
         sweep_interval_s: float = 0.5,
         max_batch_ops: int = 1024,
         restore: Restore | None = None,
+        queue_tick: dict[str, float] | None = None,
     ) -> None:
         self.event_id = event_id
         # Rebuilds the inventory when Redis has lost it (persistence.rebuild).
@@ -62,7 +76,17 @@ class EventActor:
         self._pending: deque[tuple[str, int, asyncio.Future[tuple[bytes, int]]]] = deque()
         self._wake = asyncio.Event()
         self._loading = asyncio.Lock()  # one load or rebuild of the inventory at a time
-        self._stats = {"batches": 0, "ops": 0, "sweeps": 0, "swept_holds": 0, "restores": 0}
+        # The waiting room's admission parameters (lua/queue.lua "admit").
+        self._queue_tick = json.dumps(queue_tick or DEFAULT_QUEUE_TICK)
+        self._stats = {
+            "batches": 0,
+            "ops": 0,
+            "sweeps": 0,
+            "swept_holds": 0,
+            "restores": 0,
+            "admitted": 0,
+            "admission_ticks": 0,
+        }
         self._writer = asyncio.get_running_loop().create_task(self._write_loop())
         # Everything alive now lives as long as the actor: keep it out of the
         # collector's full passes, which otherwise stall a batch by tens of ms.
@@ -197,7 +221,18 @@ class EventActor:
                 future.set_result((reply, offset))
             offset += group_count
 
+    async def _admit_due(self) -> None:
+        """One admission tick of the event's waiting room, if it has one: the
+        script admits what the rate has earned since the last tick (its state
+        is all in Redis, so a new actor carries on where an old one stopped)."""
+        tick = await self._scripts.queue(self.event_id, "admit", self._queue_tick)
+        if tick.get("admitted"):
+            self._stats["admitted"] += int(tick["admitted"])
+        if tick.get("state") != "closed":
+            self._stats["admission_ticks"] += 1
+
     async def _sweep_due(self) -> None:
+        await self._admit_due()
         for _ in range(SWEEP_CALLS_PER_TICK):
             swept = await self._scripts.sweep(self.event_id)
             self._stats["sweeps"] += 1
@@ -221,6 +256,7 @@ def event_actor(
     sweep_interval_s: float = 0.5,
     max_batch_ops: int = 1024,
     restore: Restore | None = None,
+    queue_tick: dict[str, float] | None = None,
 ) -> ActorHandle:
     """The actor of ``event_id``, created if it does not exist yet.
 
@@ -250,5 +286,6 @@ def event_actor(
         sweep_interval_s=sweep_interval_s,
         max_batch_ops=max_batch_ops,
         restore=restore,
+        queue_tick=queue_tick,
     )
     return cast(ActorHandle, handle)

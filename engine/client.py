@@ -39,6 +39,7 @@ from engine.model import (
     Outcome,
     PaymentRecorded,
     PlaceOrder,
+    QueuePass,
     RefundSale,
     ReleaseHold,
     SaleConfirmed,
@@ -159,6 +160,7 @@ class EngineClient:
         observer: Callable[[int, float, bool], None] | None = None,
         redis_pool_size: int | None = 200,
         redis_pool_timeout_s: float = 2.0,
+        queue_tick: dict[str, float] | None = None,
     ) -> None:
         """``observer(commands, seconds, ok)`` is told of every actor call
         (the API feeds its metrics with it). ``redis_cluster``: ``redis_url``
@@ -186,6 +188,7 @@ class EngineClient:
         self._sweep_interval_s = sweep_interval_s
         self._actor_max_batch_ops = actor_max_batch_ops
         self._restore = restore
+        self._queue_tick = queue_tick
         self._observer = observer
         self._max_in_flight = max_in_flight
         self._coalescers: dict[str, _Coalescer] = {}
@@ -202,11 +205,23 @@ class EngineClient:
         ttl_s: float,
         hold_id: str | None = None,
         fingerprint: str = "",
+        queue_pass: QueuePass | None = None,
+        queue_exempt: bool = False,
     ) -> HoldPlaced:
         """``fingerprint``: the request's, when it came with an Idempotency-Key;
         the engine then refuses the hold id for another request and replays
-        a refusal to a retry."""
-        command = HoldSeats(hold_id or new_id(), customer_id, tuple(seats), _ms(ttl_s), fingerprint)
+        a refusal to a retry. ``queue_pass``: the buyer's admission, needed
+        while the event's waiting room is on (``queue_exempt``: a hold the
+        engine makes itself for someone)."""
+        command = HoldSeats(
+            hold_id or new_id(),
+            customer_id,
+            tuple(seats),
+            _ms(ttl_s),
+            fingerprint,
+            queue_pass,
+            queue_exempt,
+        )
         return _expect(await self.submit(event_id, command), HoldPlaced)
 
     async def hold_quantity(
@@ -219,9 +234,18 @@ class EngineClient:
         ttl_s: float,
         hold_id: str | None = None,
         fingerprint: str = "",
+        queue_pass: QueuePass | None = None,
+        queue_exempt: bool = False,
     ) -> HoldPlaced:
         command = HoldQuantity(
-            hold_id or new_id(), customer_id, section, quantity, _ms(ttl_s), fingerprint
+            hold_id or new_id(),
+            customer_id,
+            section,
+            quantity,
+            _ms(ttl_s),
+            fingerprint,
+            queue_pass,
+            queue_exempt,
         )
         return _expect(await self.submit(event_id, command), HoldPlaced)
 
@@ -364,6 +388,16 @@ class EngineClient:
                 raise
             return await self.snapshot(event_id)
 
+    async def queue(self, event_id: str, action: str, *args: Any) -> dict[str, Any]:
+        """The event's waiting room, straight in Redis (see InventoryScripts.queue);
+        admission is the actor's, on its timer."""
+        return await self._scripts.queue(event_id, action, *args)
+
+    async def ensure_actor(self, event_id: str) -> None:
+        """Starts the event's actor if it is not running (its timer admits
+        from the waiting room)."""
+        await self._await(event_id, self.actor(event_id).stats.remote(), self._start_timeout_s)
+
     async def restore(self, event_id: str) -> bool:
         """Has the event's actor rebuild its inventory from Postgres if Redis
         has none (reads of a retired event); True if it was rebuilt."""
@@ -402,6 +436,7 @@ class EngineClient:
                 sweep_interval_s=self._sweep_interval_s,
                 max_batch_ops=self._actor_max_batch_ops,
                 restore=self._restore,
+                queue_tick=self._queue_tick,
             )
             self._actors[event_id] = handle
         return handle

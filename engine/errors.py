@@ -46,6 +46,21 @@ class CustomerLimit(EngineError):
     title = "This would exceed the tickets allowed per customer"
 
 
+class QueuePassRequired(EngineError):
+    code = "queue_pass_required"
+    title = "The event's waiting room is on: a hold needs the buyer's pass"
+
+
+class QueuePassInvalid(EngineError):
+    code = "queue_pass_invalid"
+    title = "The pass is not the buyer's admission, or it has expired"
+
+
+class QueueOff(EngineError):
+    code = "queue_off"
+    title = "The event's waiting room is off"
+
+
 class HoldExpired(EngineError):
     code = "hold_expired"
     title = "The hold has expired or was released"

@@ -122,12 +122,32 @@ Section = SeatedSection | GeneralSection
 
 
 @dataclass(frozen=True)
+class QueuePass:
+    """An admission from the event's waiting room, as its signed pass names it."""
+
+    nonce: str
+    issued_at_ms: int
+    expires_at_ms: int
+
+
+def _queue_wire(wire: dict[str, Any], queue_pass: QueuePass | None, exempt: bool) -> None:
+    if queue_pass is not None:
+        wire["qp"] = queue_pass.nonce
+        wire["qi"] = queue_pass.issued_at_ms
+        wire["qe"] = queue_pass.expires_at_ms
+    if exempt:
+        wire["qx"] = True
+
+
+@dataclass(frozen=True)
 class HoldSeats:
     hold_id: str
     customer_id: str
     seats: tuple[str, ...]
     ttl_ms: int
     fingerprint: str = ""  # of the request, when it came with an Idempotency-Key
+    queue_pass: QueuePass | None = None  # needed while the waiting room is on
+    queue_exempt: bool = False  # a hold the engine makes itself for someone
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {
@@ -139,6 +159,7 @@ class HoldSeats:
         }
         if self.fingerprint:
             wire["fp"] = self.fingerprint
+        _queue_wire(wire, self.queue_pass, self.queue_exempt)
         return wire
 
 
@@ -150,6 +171,8 @@ class HoldQuantity:
     quantity: int
     ttl_ms: int
     fingerprint: str = ""
+    queue_pass: QueuePass | None = None
+    queue_exempt: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {
@@ -162,6 +185,7 @@ class HoldQuantity:
         }
         if self.fingerprint:
             wire["fp"] = self.fingerprint
+        _queue_wire(wire, self.queue_pass, self.queue_exempt)
         return wire
 
 

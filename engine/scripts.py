@@ -74,6 +74,30 @@ class EventKeys:
         return f"{self.tag}:outbox"
 
     @property
+    def passes(self) -> str:
+        """The waiting room's admissions: customer -> "<nonce>:<expiry ms>"."""
+        return f"{self.tag}:q:passes"
+
+    @property
+    def active(self) -> str:
+        """Admitted customers scored by when their place in the sale ends."""
+        return f"{self.tag}:q:active"
+
+    @property
+    def queue(self) -> str:
+        """The waiting room's settings and state (hash)."""
+        return f"{self.tag}:q"
+
+    @property
+    def waiting(self) -> str:
+        """Who waits, scored by their place (zset; lowest first)."""
+        return f"{self.tag}:q:waiting"
+
+    def queue_keys(self) -> list[str]:
+        """KEYS of lua/queue.lua, in its order."""
+        return [self.meta, self.sections, self.queue, self.waiting, self.passes, self.active]
+
+    @property
     def channel(self) -> str:
         return f"{self.tag}:changes"
 
@@ -92,6 +116,8 @@ class EventKeys:
             self.expiries,
             self.customers,
             self.outbox,
+            self.passes,
+            self.active,
         ]
 
     def inventory_keys(self) -> list[str]:
@@ -126,6 +152,7 @@ class InventoryScripts:
         self._confirm = redis.register_script(lib + _lua("confirm.lua"))
         self._sweep = redis.register_script(lib + _lua("sweep.lua"))
         self._retire = redis.register_script(_lua("retire.lua"))
+        self._queue = redis.register_script(_lua("queue.lua"))
         self._single = {"hold": self._hold, "release": self._release, "confirm": self._confirm}
 
     async def load_inventory(
@@ -147,7 +174,7 @@ class InventoryScripts:
         wire = json.dumps([s.to_wire() for s in sections])
         raw = json.loads(
             await self._load(
-                keys=[*keys.inventory_keys(), keys.customers, keys.holds],
+                keys=[*keys.inventory_keys(), keys.customers, keys.holds, keys.queue],
                 args=[
                     event_id,
                     str(status),
@@ -255,12 +282,28 @@ class InventoryScripts:
         inventory stays."""
         keys = EventKeys(event_id)
         await self.redis.srem(OUTBOX_REGISTRY, keys.outbox)
-        raw = json.loads(await self._retire(keys=keys.mutation_keys(), args=[]))
+        raw = json.loads(
+            await self._retire(keys=[*keys.mutation_keys(), keys.queue, keys.waiting], args=[])
+        )
         if raw["retired"]:
             return None
         if raw["why"] != "missing":
             await self.redis.sadd(OUTBOX_REGISTRY, keys.outbox)
         return str(raw["why"])
+
+    async def queue(self, event_id: str, action: str, *args: Any) -> dict[str, Any]:
+        """The event's waiting room (lua/queue.lua): ``configure`` (a settings
+        dict), ``join`` (customer, random place in [0, 1)), ``me`` (customer),
+        ``admit`` (the tick's parameters) or ``state``. Raises the script's
+        refusal (``queue_off``) as an EngineError."""
+        keys = EventKeys(event_id)
+        wire = [json.dumps(a) if isinstance(a, dict) else a for a in args]
+        raw: dict[str, Any] = json.loads(
+            await self._queue(keys=keys.queue_keys(), args=[action, *wire])
+        )
+        if not raw["ok"]:
+            raise error_from_code(raw["code"], detail=raw.get("detail"))
+        return raw
 
     async def version(self, event_id: str) -> int | None:
         """The inventory's version now (one HGET); None if Redis has no inventory."""

@@ -4,7 +4,7 @@
 -- The event actor sends everything that arrived within its batching window
 -- here, so a crowd of buyers costs one round trip, not one each.
 --
--- KEYS: the seven event keys of lib.lua.
+-- KEYS: the nine event keys of lib.lua.
 -- ARGV[1] change channel
 -- ARGV[2] JSON array of operations, applied in order, each all-or-nothing:
 --   {"op": "hold", ...as hold.lua}

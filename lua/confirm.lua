@@ -1,6 +1,6 @@
 -- confirm.lua — turn a live hold into a sale and append it to the outbox.
 --
--- KEYS: the seven event keys of lib.lua; KEYS[7] is the outbox stream the
+-- KEYS: the nine event keys of lib.lua. KEYS[7] is the outbox stream the
 --       Postgres writer consumes. Selling and appending happen in this one
 --       script, so a sale is never in Redis without its outbox entry.
 -- ARGV[1] change channel

@@ -1,7 +1,7 @@
 -- hold.lua — hold seats (all or nothing) or a quantity in a general-admission section.
 --
--- KEYS: the seven event keys of lib.lua (meta, seats, sections, holds,
---       expiries, customers, outbox), all tagged {ev:<id>}.
+-- KEYS: the nine event keys of lib.lua (meta, seats, sections, holds,
+--       expiries, customers, outbox, q:passes, q:active), all tagged {ev:<id>}.
 -- ARGV[1] channel to publish the change set on ({ev:<id>}:changes)
 -- ARGV[2] JSON {"hold_id", "customer_id", "ttl_ms", "seats": [...]}
 --         or   {"hold_id", "customer_id", "ttl_ms", "section", "quantity"}
@@ -15,7 +15,8 @@
 --   or {"ok": false, "code": ...}, code one of:
 --   event_not_found, event_not_on_sale, hold_id_conflict, hold_expired,
 --   invalid_request, duplicate_seat, unknown_seat, unknown_section,
---   wrong_section_kind, invalid_quantity, customer_limit,
+--   wrong_section_kind, invalid_quantity, customer_limit, queue_pass_required,
+--   queue_pass_invalid,
 --   seats_unavailable (+ "unavailable": [...]), sold_out (+ "available").
 
 local op = cjson.decode(ARGV[2])

@@ -4,7 +4,7 @@
 -- hold.lua, release.lua, confirm.lua, sweep.lua and batch.lua, so that the
 -- rules of a hold live in one place and every operation file stays a few lines.
 --
--- KEYS (the same seven, in this order, for every mutating script):
+-- KEYS (the same nine, in this order, for every mutating script):
 --   1 {ev:<id>}:meta       hash   version, status, max_per_customer, max_held, event_id
 --   2 {ev:<id>}:seats      hash   seat id -> "a" | "h:<hold id>" | "s:<order id>"
 --   3 {ev:<id>}:sections   hash   "codes" -> "A,FLOOR"; "<code>:kind" -> seated|general,
@@ -20,9 +20,22 @@
 --   6 {ev:<id>}:customers  hash   "<customer>:held", "<customer>:sold", "<customer>:holds"
 --   7 {ev:<id>}:outbox     stream confirmed sales (order_confirmed) and refunds
 --                                 (order_refunded), read by the Postgres writer
+--   8 {ev:<id>}:q:passes   hash   the waiting room's admissions (lua/queue.lua):
+--                                 customer -> "<pass nonce>:<pass expiry ms>"
+--   9 {ev:<id>}:q:active   zset   admitted customers scored by when their place
+--                                 in the sale ends (the pass's expiry, or their
+--                                 hold's end once they hold)
 --
 -- Operations (OPERATIONS, applied by run(); one JSON object each):
---   hold     {hold_id, customer_id, ttl_ms, seats | section + quantity, fp?}
+--   hold     {hold_id, customer_id, ttl_ms, seats | section + quantity, fp?,
+--            qp?, qi?, qe?, qx?}
+--            While the event's waiting room is on (meta.queue = 1), a hold
+--            needs its buyer's queue pass: qp its nonce, qi/qe when it was
+--            issued and expires (ms), from the pass the API verified; it must
+--            match the admission recorded in q:passes and be unexpired
+--            (queue_pass_required / queue_pass_invalid). qx: a hold the engine
+--            makes itself for someone (no pass). A pass issued before the
+--            waiting room was rebuilt (meta.queue_since) stands on its own
 --            fp: the request's fingerprint (Idempotency-Key): a hold id seen
 --            with another fp fails idempotency_key_reused, and a refusal is
 --            remembered (st = refused) and replayed to a retry
@@ -67,6 +80,7 @@
 
 local K_META, K_SEATS, K_SECTIONS, K_HOLDS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local K_EXPIRIES, K_CUSTOMERS, K_OUTBOX = KEYS[5], KEYS[6], KEYS[7]
+local K_PASSES, K_ACTIVE = KEYS[8], KEYS[9]
 local CHANNEL = ARGV[1]
 
 -- A released, expired or confirmed hold is remembered this long, so that a
@@ -380,6 +394,34 @@ local function unavailable_seats(seats)
   return unavailable
 end
 
+-- The waiting room: while it is on, a hold needs its buyer's admission.
+-- The API checked the pass's signature, account and event; this checks it
+-- is the admission on record (one pass per admission) and still good. After
+-- a rebuild of the waiting room (Redis lost it), a pass issued before it is
+-- taken on its signature and its admission recorded again.
+local function queue_refusal(op)
+  if meta_field('queue') ~= '1' or op.qx == true then return nil end
+  if type(op.qp) ~= 'string' or op.qp == '' then return fail('queue_pass_required') end
+  local expires = tonumber(op.qe) or 0
+  if expires <= NOW then return fail('queue_pass_invalid', {detail = 'the pass has expired'}) end
+  local rec = redis.call('HGET', K_PASSES, op.customer_id)
+  if rec then
+    local nonce, until_ms = string.match(rec, '^([^:]+):(%d+)')
+    if nonce ~= op.qp or tonumber(until_ms) <= NOW then
+      return fail('queue_pass_invalid', {detail = 'not the admission on record'})
+    end
+    return nil
+  end
+  local since = tonumber(meta_field('queue_since') or '0')
+  if (tonumber(op.qi) or NOW) < since then
+    redis.call('HSET', K_PASSES, op.customer_id,
+               op.qp .. ':' .. expires .. ':' .. (tonumber(op.qi) or 0))
+    redis.call('ZADD', K_ACTIVE, expires, op.customer_id)
+    return nil
+  end
+  return fail('queue_pass_invalid', {detail = 'no admission for this pass'})
+end
+
 local function place_hold(op)
   local status = meta_field('status')
   if not status then return fail('event_not_found') end
@@ -402,6 +444,8 @@ local function place_hold(op)
   local invalid = validate_hold(op)
   if invalid then return invalid end
   if status ~= 'on_sale' then return fail('event_not_on_sale', {status = status}) end
+  local refused = queue_refusal(op)
+  if refused then return refused end
 
   local quantity = op.seats and #op.seats or op.quantity
   local limit, held_cap = customer_limit(), held_limit()
@@ -449,6 +493,10 @@ local function place_hold(op)
     local ids = customer_holds(op.customer_id)
     table.insert(ids, op.hold_id)
     set_customer_holds(op.customer_id, ids)
+  end
+  if op.qp and meta_field('queue') == '1' then
+    -- An admitted buyer who holds keeps their place in the sale while the hold lives.
+    redis.call('ZADD', K_ACTIVE, 'GT', rec.e, op.customer_id)
   end
   return hold_result(op.hold_id, rec, false)
 end

@@ -5,6 +5,8 @@
 -- KEYS[3] {ev:<id>}:sections  hash  "codes", "<code>:kind|cap|held|sold|rows|seats_per_row"
 -- KEYS[4] {ev:<id>}:customers hash  "<customer>:sold" (tickets bought, for the limit)
 -- KEYS[5] {ev:<id>}:holds     hash  "refund:<order id>" -> refund time (lib.lua's refund markers)
+-- KEYS[6] {ev:<id>}:q         hash  the waiting room's settings, if any (lua/queue.lua):
+--                                  meta.queue and meta.queue_since are copied from them
 -- ARGV[1] event id
 -- ARGV[2] status (on_sale, draft, closed, cancelled)
 -- ARGV[3] max tickets per customer (0: no limit)
@@ -110,7 +112,11 @@ if ARGV[5] and ARGV[5] ~= '' then
   end
   version = tonumber(sold.version) or 1
 end
+-- The waiting room, if its settings came first (lua/queue.lua): holds need
+-- a pass from the moment the inventory exists, never a moment later.
+local queue = KEYS[6] and redis.call('HMGET', KEYS[6], 'on', 'since') or {}
 redis.call('HSET', KEYS[1], 'event_id', ARGV[1], 'status', ARGV[2],
            'max_per_customer', tonumber(ARGV[3]) or 0, 'max_held', tonumber(ARGV[6]) or 0,
+           'queue', queue[1] == '1' and '1' or '0', 'queue_since', tonumber(queue[2]) or 0,
            'version', version)
 return cjson.encode({ok = true, loaded = true, version = version, seats = total_seats})

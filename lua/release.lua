@@ -1,6 +1,6 @@
 -- release.lua — give a hold's seats or tickets back to sale at once.
 --
--- KEYS: the seven event keys of lib.lua.
+-- KEYS: the nine event keys of lib.lua.
 -- ARGV[1] change channel
 -- ARGV[2] JSON {"hold_id", "customer_id"}; an empty customer_id skips the
 --         ownership check (operators, the sweeper).

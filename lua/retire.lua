@@ -14,13 +14,14 @@
 --   * no hold is live or waiting for a sweep ("h:" entries in the expiries),
 --     since a sweep may still have an order to end.
 --
--- Then every key of the inventory goes. Should anything touch the event
+-- Then every key of the inventory (and of its waiting room) goes. Should anything touch the event
 -- again (a late payment, an organizer's refund, a reader of its seat map),
 -- the actor rebuilds it from Postgres (persistence.rebuild), sold seats and
 -- per-customer counts included, exactly as after a lost Redis.
 --
--- KEYS: the seven of lib.lua, in its order (meta, seats, sections, holds,
--- expiries, customers, outbox).
+-- KEYS: the nine of lib.lua, in its order (meta, seats, sections, holds,
+-- expiries, customers, outbox, q:passes, q:active), then the waiting room's
+-- q and q:waiting.
 -- Returns JSON {"ok": true, "retired": true} or
 --   {"ok": true, "retired": false, "why": "outbox" | "missing" | "status" | "holds"}
 --   (checked in that order: an outbox with entries is never touched).

@@ -3,7 +3,7 @@
 -- Holds are already free to every script once their expiry passes; the sweep
 -- frees the counters and publishes the change so viewers see it.
 --
--- KEYS: the seven event keys of lib.lua.
+-- KEYS: the nine event keys of lib.lua.
 -- ARGV[1] change channel
 -- ARGV[2] the most entries to handle in this call (keeps the script short)
 --

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
@@ -17,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from engine.model import GeneralSection, SeatedSection, seat_id
 from engine.model import Section as InventorySection
-from persistence.models import Event, Seat, Section
+from persistence.models import Event, EventQueue, Seat, Section
+from persistence.queues import queue_record
 from sales.vocabulary import EventStatus, SectionKind
 
 
@@ -33,6 +34,8 @@ class InventoryLoader(Protocol):
         max_per_customer: int = ...,
         max_held_per_customer: int = ...,
     ) -> bool: ...
+
+    async def queue(self, event_id: str, action: str, *args: Any) -> dict[str, Any]: ...
 
 
 class PublishError(Exception):
@@ -76,6 +79,9 @@ async def publish_event(db: AsyncEngine, engine: InventoryLoader, event_id: str)
         sections = await inventory_of(conn, event_id)
         if not sections:
             raise PublishError("no_sections", "an event needs a section before it goes on sale")
+        room = (
+            await conn.execute(select(EventQueue).where(EventQueue.event_id == event_id))
+        ).one_or_none()
         await _write_seats(conn, event_id)
         await conn.execute(
             update(Event)
@@ -85,6 +91,8 @@ async def publish_event(db: AsyncEngine, engine: InventoryLoader, event_id: str)
                 published_at=func.coalesce(Event.published_at, datetime.now(UTC)),
             )
         )
+    if room is not None:  # first: the inventory loads with holds needing a pass
+        await engine.queue(event_id, "configure", queue_record(room).engine_settings())
     await engine.load_inventory(
         event_id,
         sections,

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -282,3 +283,26 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(64))
     subject: Mapped[str] = mapped_column(String(128))  # the user, order, event or ticket acted on
     detail: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+
+
+class EventQueue(Base):
+    """An event's waiting room settings (``PUT /events/{id}/queue``). Redis
+    keeps who waits and who was admitted (lua/queue.lua); these are what a
+    rebuild of the room starts from."""
+
+    __tablename__ = "event_queues"
+    __table_args__ = (
+        CheckConstraint("admit_per_minute IS NULL OR admit_per_minute > 0", name="rate_positive"),
+        CheckConstraint("max_active > 0", name="max_active_positive"),
+        CheckConstraint("pass_ttl_s > 0", name="pass_ttl_positive"),
+        CheckConstraint("pre_open_order IN ('random', 'fifo')", name="order_known"),
+    )
+
+    event_id: Mapped[str] = mapped_column(ForeignKey("events.id"), primary_key=True)
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    opens_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    admit_per_minute: Mapped[int | None] = mapped_column(Integer)  # None: "auto"
+    max_active: Mapped[int] = mapped_column(Integer)
+    pass_ttl_s: Mapped[int] = mapped_column(Integer)
+    pre_open_order: Mapped[str] = mapped_column(String(8), server_default="random")
+    updated_at: Mapped[datetime] = _now()

@@ -21,6 +21,7 @@ from persistence.catalog import inventory_of
 from persistence.db import create_engine
 from persistence.events import get_event
 from persistence.models import Event, Order, Ticket
+from persistence.queues import get_queue
 from sales.catalog import write_card
 from sales.vocabulary import EventStatus, OrderStatus, TicketStatus
 
@@ -30,6 +31,8 @@ class PostgresRestore:
     """Handed to each event actor (picklable): called when its inventory is missing."""
 
     database_url: str
+    # After a rebuild, joins this long get random places again (lua/queue.lua).
+    queue_reform_s: float = 60.0
 
     async def __call__(self, scripts: InventoryScripts, event_id: str) -> bool:
         db = create_engine(self.database_url, pool_size=1)
@@ -68,6 +71,7 @@ class PostgresRestore:
                     ).scalars()
                 )
             record = await get_event(db, event_id)  # for the card
+            room = await get_queue(db, event_id)
         finally:
             await db.dispose()
         sales = _sales_of([(t.order_id, t.seat_id, t.section_code, t.customer_id) for t in tickets])
@@ -78,6 +82,16 @@ class PostgresRestore:
         # Viewers' last version came from before the loss: start above any of
         # them, so the jump reads as a gap and they resync.
         sold["version"] = int(time.time() * 1000)
+        if room is not None:
+            # The waiting room's settings come back first (the inventory then
+            # loads with holds needing a pass); who waited is lost with Redis:
+            # joins for a while get random places again, and passes issued
+            # before now stay good on their signature (lua/queue.lua).
+            await scripts.queue(
+                event_id,
+                "configure",
+                room.engine_settings(rebuilt=True, reform_s=self.queue_reform_s),
+            )
         loaded = await scripts.load_inventory(
             event_id,
             sections,

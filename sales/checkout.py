@@ -11,6 +11,7 @@ Postgres. The sale itself is made when the payment arrives
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from engine.client import EngineClient
@@ -25,6 +26,7 @@ from sales.holds import EventLookup, own_hold, price
 from sales.items import items_to_json
 from sales.orders import engine_order, order_id_for
 from sales.payments import Intent, Payments, PaymentsUnavailable
+from sales.queue import note_checkout
 from sales.vocabulary import EventStatus, HoldStatus
 
 
@@ -51,6 +53,7 @@ async def checkout(
     PaymentIntent up (cancels it) only once the hold and that window from
     checkout have both ended, so a buyer slower than the hold can still pay
     (a late sale)."""
+    began = time.perf_counter()
     event, hold = await own_hold(events, engine, hold_id, user)
     if event.status is EventStatus.CANCELLED:
         raise SaleRefused("event_ended", "the event is cancelled")
@@ -101,4 +104,5 @@ async def checkout(
     )
     order = await engine_order(engine, events, order_id)
     assert order is not None  # the engine has just recorded it
+    await note_checkout(engine, event.id, time.perf_counter() - began)
     return Checkout(order, intent, payments.provider if payments is not None else None)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from engine.client import EngineClient
-from engine.model import HoldPlaced, HoldView, section_of
+from engine.model import HoldPlaced, HoldView, QueuePass, section_of
 from persistence.events import EventRecord
 from sales.access import Principal
 from sales.errors import SaleRefused
@@ -85,6 +85,7 @@ async def place(
     section: str | None = None,
     quantity: int = 0,
     fingerprint: str = "",
+    queue_pass: QueuePass | None = None,
 ) -> HoldPlaced:
     """Holds ``seats``, or ``quantity`` places of a GA ``section``, for the
     event's hold TTL; the engine's errors (taken, sold out, over the limit)
@@ -98,6 +99,7 @@ async def place(
             ttl_s=event.hold_ttl_s,
             hold_id=hold_id,
             fingerprint=fingerprint,
+            queue_pass=queue_pass,
         )
     return await engine.hold_quantity(
         event.id,
@@ -107,6 +109,7 @@ async def place(
         ttl_s=event.hold_ttl_s,
         hold_id=hold_id,
         fingerprint=fingerprint,
+        queue_pass=queue_pass,
     )
 
 

@@ -16,10 +16,12 @@ from api.deps import CurrentUser, EngineDep, EventsDep, PaymentsDep, parse_json,
 from api.errors import ApiError, as_problem
 from api.observability import HOLDS, send_answer, send_problem
 from api.schemas import HoldIn, HoldOut, problem_responses
+from api.security import InvalidToken, read_queue_pass
 from engine.errors import EngineError
-from engine.model import HoldPlaced, HoldView
+from engine.model import HoldPlaced, HoldView, QueuePass
 from persistence.events import EventRecord
 from sales import holds
+from sales.access import Principal
 from sales.vocabulary import EventStatus, Role
 
 router = APIRouter(tags=["holds"])
@@ -33,6 +35,14 @@ IDEMPOTENCY_KEY_DOC = {
     "required": False,
     "schema": {"type": "string", "maxLength": 255},
     "description": "a retry with the same key gets the first answer",
+}
+QUEUE_PASS_DOC = {
+    "name": "Onsale-Queue-Pass",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "maxLength": 2048},
+    "description": "the buyer's waiting-room pass (POST /events/{id}/queue/join), "
+    "needed while the event's waiting room is on",
 }
 
 
@@ -72,7 +82,12 @@ NO_STORE = "private, no-store"
 
 
 async def hold_answer(
-    state: Any, event_id: str, authorization: str, idempotency_key: str | None, raw: bytes
+    state: Any,
+    event_id: str,
+    authorization: str,
+    idempotency_key: str | None,
+    raw: bytes,
+    queue_pass: str | None = None,
 ) -> tuple[int, bytes, dict[str, str]]:
     """The hold route's answer (status, JSON body, headers), however the
     request arrived: raises ApiError, EngineError or SaleRefused to refuse.
@@ -93,6 +108,7 @@ async def hold_answer(
         raise ApiError("not_found", "no such event")
     if event.status is not EventStatus.ON_SALE:
         raise ApiError("event_not_on_sale", f"the event is {event.status}")
+    admission = None if queue_pass is None else _admission(state, queue_pass, user, event_id)
     fingerprint = ""
     if idempotency_key is not None:
         canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True)
@@ -107,6 +123,7 @@ async def hold_answer(
             section=body.section,
             quantity=body.quantity or 0,
             fingerprint=fingerprint,
+            queue_pass=admission,
         )
     except EngineError as exc:
         HOLDS.labels(exc.code).inc()
@@ -120,12 +137,25 @@ async def hold_answer(
     return 201, json.dumps(hold_json(event, placed)).encode(), headers
 
 
+def _admission(state: Any, token: str, user: Principal, event_id: str) -> QueuePass:
+    """The waiting-room pass sent with a hold: signed for this account and
+    this event, unexpired. The engine checks it is the admission on record,
+    in the same script call as the hold."""
+    try:
+        claims = read_queue_pass(state.jwt_secret, token)
+    except InvalidToken as exc:
+        raise ApiError("queue_pass_invalid", str(exc)) from exc
+    if claims.user_id != user.user_id or claims.event_id != event_id:
+        raise ApiError("queue_pass_invalid", "this pass is another account's or another event's")
+    return QueuePass(claims.nonce, claims.issued_ms, claims.expires_ms)
+
+
 @router.post(
     HOLD_ROUTE,
     status_code=status.HTTP_201_CREATED,
     response_model=HoldOut,
     openapi_extra={
-        "parameters": [IDEMPOTENCY_KEY_DOC],
+        "parameters": [IDEMPOTENCY_KEY_DOC, QUEUE_PASS_DOC],
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HoldIn"}}},
@@ -146,6 +176,7 @@ async def place_hold(event_id: str, request: Request) -> Any:
         request.headers.get("authorization", ""),
         request.headers.get("idempotency-key"),
         await request.body(),
+        request.headers.get("onsale-queue-pass"),
     )
     return Response(body, status_code, headers, media_type="application/json")
 
@@ -164,12 +195,14 @@ async def place_hold_asgi(scope: Scope, receive: Receive, send: Send, event_id: 
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         key = headers.get(b"idempotency-key")
+        admission = headers.get(b"onsale-queue-pass")
         status_code, body, extra = await hold_answer(
             scope["app"].state,
             unquote(event_id),
             headers.get(b"authorization", b"").decode("latin-1"),
             None if key is None else key.decode("latin-1"),
             b"".join(chunks),
+            None if admission is None else admission.decode("latin-1"),
         )
     except Exception as exc:  # the same mapping as the app's exception handlers
         await send_problem(send, exc)
