@@ -38,6 +38,7 @@ TABLES = {
     "processed_webhook_events",
     "checkins",
     "audit_log",
+    "event_queues",
 }
 
 

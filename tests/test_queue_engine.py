@@ -20,6 +20,8 @@ from engine.errors import QueuePassInvalid, QueuePassRequired
 from engine.model import QueuePass
 from engine.scripts import EventKeys
 from persistence.events import EventDraft, SectionSpec
+from persistence.queues import QueueRecord, put_queue
+from persistence.rebuild import PostgresRestore
 from sales import catalog
 from sales.vocabulary import SectionKind
 from tests.sales import published_event, wait_for
@@ -202,3 +204,41 @@ async def test_a_hold_needs_the_admission_on_record_while_the_room_is_on(
     await client.hold_quantity(event_id, "offered", "GA", 1, ttl_s=600, queue_exempt=True)
     # Holding keeps alice's place in the sale as long as her hold lives.
     assert await redis.zscore(EventKeys(event_id).active, "alice") == held.expires_at_ms
+
+
+async def test_when_redis_loses_the_room_passes_stay_good_and_the_waiting_join_again(
+    db: AsyncEngine, redis: Redis, redis_url: str, database_url: str, ray_local: str
+) -> None:
+    """The documented policy (DESIGN.md, "The waiting room"): the settings
+    come back from Postgres, passes issued before the loss still hold, those
+    who waited have lost their place and join again, at random for a while."""
+    client = EngineClient(redis_url, restore=PostgresRestore(database_url, queue_reform_s=60))
+    try:
+        event_id = await published_event(db, client)
+        record = QueueRecord(event_id, True, datetime.now(UTC), 600, 1, 600)  # one at a time
+        await put_queue(db, record)
+        await client.queue(event_id, "configure", record.engine_settings())
+        await join_all(client, event_id, ["alice", "bob"])
+        await client.ensure_actor(event_id)
+        await admitted_all(redis, event_id, 1)
+        alice = await client.queue(event_id, "me", "alice")
+        assert alice["status"] == "admitted"
+        assert (await client.queue(event_id, "me", "bob"))["status"] == "waiting"
+        pass_ = QueuePass(alice["nonce"], alice["issued_at_ms"], alice["expires_at_ms"])
+
+        keys = EventKeys(event_id)
+        await redis.unlink(*keys.mutation_keys(), keys.queue, keys.waiting)  # Redis lost it all
+        held = await client.hold_quantity(event_id, "alice", "GA", 1, ttl_s=600, queue_pass=pass_)
+        assert held.quantity == 1  # the rebuild kept the room on and her pass good
+        assert (await client.queue(event_id, "state"))["state"] == "open"
+        with pytest.raises(QueuePassRequired):  # the room came back before any hold could
+            await client.hold_quantity(event_id, "carol", "GA", 1, ttl_s=600)
+        now = int(time.time() * 1000)
+        made_up = QueuePass("7", now + 1000, now + 60_000)  # claims an admission after the loss
+        with pytest.raises(QueuePassInvalid):
+            await client.hold_quantity(event_id, "carol", "GA", 1, ttl_s=600, queue_pass=made_up)
+        assert (await client.queue(event_id, "me", "bob"))["status"] == "none"  # place lost
+        await client.queue(event_id, "join", "bob", "0.25")
+        assert await redis.zscore(keys.waiting, "bob") == 0.25  # a random place again
+    finally:
+        await client.aclose()
