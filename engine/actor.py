@@ -232,7 +232,10 @@ class EventActor:
             self._stats["admission_ticks"] += 1
 
     async def _sweep_due(self) -> None:
-        await self._admit_due()
+        try:
+            await self._admit_due()
+        except Exception:  # the sweep must run whatever the waiting room does
+            log.exception("event %s: admission tick failed", self.event_id)
         for _ in range(SWEEP_CALLS_PER_TICK):
             swept = await self._scripts.sweep(self.event_id)
             self._stats["sweeps"] += 1
