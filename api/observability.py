@@ -26,6 +26,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import multiprocess as prometheus_multiprocess
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pythonjsonlogger.json import JsonFormatter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -62,9 +63,48 @@ def observe_batch(ops: int, seconds: float, ok: bool) -> None:
     ACTOR_CALLS.labels("ok" if ok else "error").inc()
 
 
-def metrics_text(writer_lag: tuple[int, float] | None) -> tuple[bytes, str]:
+class _Rooms:
+    """The waiting rooms as Redis has them at scrape time (one reading per
+    event: every worker reports the same figures, so no sum is needed)."""
+
+    def __init__(self, rooms: dict[str, dict[str, Any]]) -> None:
+        self.rooms = rooms
+
+    def collect(self) -> Any:
+        waiting = GaugeMetricFamily(
+            "onsale_queue_waiting", "People waiting in an event's waiting room", labels=["event"]
+        )
+        active = GaugeMetricFamily(
+            "onsale_queue_active", "Admitted buyers whose place in the sale lasts", labels=["event"]
+        )
+        rate = GaugeMetricFamily(
+            "onsale_queue_admission_rate_per_minute",
+            "The waiting room's admission rate now",
+            labels=["event"],
+        )
+        admitted = CounterMetricFamily(
+            "onsale_queue_admitted", "Admissions from the waiting room", labels=["event"]
+        )
+        expired = CounterMetricFamily(
+            "onsale_queue_pass_expiries",
+            "Places given up by passes (and holds) that lapsed",
+            labels=["event"],
+        )
+        for event_id, room in self.rooms.items():
+            waiting.add_metric([event_id], room["waiting"])
+            active.add_metric([event_id], room["active"])
+            rate.add_metric([event_id], room["rate"])
+            admitted.add_metric([event_id], room["admitted_total"])
+            expired.add_metric([event_id], room.get("expired_total", 0))
+        return [waiting, active, rate, admitted, expired]
+
+
+def metrics_text(
+    writer_lag: tuple[int, float] | None, rooms: dict[str, dict[str, Any]] | None = None
+) -> tuple[bytes, str]:
     """Every worker's metrics (multiprocess mode when PROMETHEUS_MULTIPROC_DIR
-    is set, as ``onsale serve --workers N`` does), plus the writer's lag."""
+    is set, as ``onsale serve --workers N`` does), plus the writer's lag and
+    the waiting rooms (``rooms``: event id -> lua/queue.lua's state)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         prometheus_multiprocess.MultiProcessCollector(registry)
@@ -86,6 +126,10 @@ def metrics_text(writer_lag: tuple[int, float] | None) -> tuple[bytes, str]:
             registry=lag,
         ).set(writer_lag[1])
         body += generate_latest(lag)
+    if rooms:
+        registry = CollectorRegistry()
+        registry.register(_Rooms(rooms))
+        body += generate_latest(registry)
     return body, CONTENT_TYPE_LATEST
 
 

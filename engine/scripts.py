@@ -35,6 +35,11 @@ def _lua(name: str) -> str:
     return resources.files("lua").joinpath(name).read_text(encoding="utf-8")
 
 
+# Events whose waiting room is on (for /metrics). Not an event key: on a
+# cluster it lives in a slot of its own.
+QUEUE_REGISTRY = "onsale:queues"
+
+
 @dataclass(frozen=True)
 class EventKeys:
     """The key layout of one event; every key carries the hash tag ``{ev:<id>}``."""
@@ -282,6 +287,7 @@ class InventoryScripts:
         inventory stays."""
         keys = EventKeys(event_id)
         await self.redis.srem(OUTBOX_REGISTRY, keys.outbox)
+        await self.redis.srem(QUEUE_REGISTRY, event_id)
         raw = json.loads(
             await self._retire(keys=[*keys.mutation_keys(), keys.queue, keys.waiting], args=[])
         )
@@ -303,6 +309,11 @@ class InventoryScripts:
         )
         if not raw["ok"]:
             raise error_from_code(raw["code"], detail=raw.get("detail"))
+        if action == "configure":  # the rooms /metrics reports on
+            if args[0].get("on"):
+                await self.redis.sadd(QUEUE_REGISTRY, event_id)
+            else:
+                await self.redis.srem(QUEUE_REGISTRY, event_id)
         return raw
 
     async def version(self, event_id: str) -> int | None:

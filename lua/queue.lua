@@ -36,7 +36,7 @@
 -- nonce?, expires_at_ms?, issued_at_ms?} plus what state returns; join fails
 -- queue_off. admit returns {ok, admitted, expired} plus what state returns.
 -- state returns {ok, state = pre_queue | open | sold_out | closed, waiting,
--- active, rate, opens_at, admitted_total}.
+-- active, rate, opens_at, admitted_total, expired_total, now}.
 
 local K_META, K_SECTIONS, K_Q, K_WAITING, K_PASSES, K_ACTIVE =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
@@ -86,6 +86,7 @@ local function summary(q, r)
   r.rate = rate_of(q)
   r.opens_at = tonumber(q.opens_at) or 0
   r.admitted_total = tonumber(q.admitted) or 0
+  r.expired_total = tonumber(q.expired) or 0
   r.now = NOW
   return r
 end

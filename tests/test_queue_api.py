@@ -237,3 +237,37 @@ async def test_auto_admits_fewer_when_checkouts_slow_down(
         return await rate() < peak * 0.7
 
     await wait_for(falling, 15, "auto to lower its rate after slow checkouts")
+
+
+async def test_metrics_show_each_rooms_waiting_admitted_rate_and_expiries(
+    http: httpx.AsyncClient, organizer: User, inproc: RunningApi
+) -> None:
+    event = await on_sale_event(http, organizer, sections=[BIG_FLOOR])
+    url = f"/events/{event['id']}/queue"
+    await http.put(url, json=room(in_an_hour(), admit_per_minute=1200), headers=organizer.auth)
+    for _ in range(3):
+        await http.post(f"{url}/join", headers=customer(inproc))
+
+    def sample(text: str, name: str) -> float:
+        for line in text.splitlines():
+            if line.startswith(f'{name}{{event="{event["id"]}"}}'):
+                return float(line.rsplit(" ", 1)[1])
+        raise AssertionError(f"{name} of {event['id']} not in /metrics")
+
+    before = (await http.get("/metrics")).text
+    assert sample(before, "onsale_queue_waiting") == 3
+    assert sample(before, "onsale_queue_admitted_total") == 0
+    assert sample(before, "onsale_queue_admission_rate_per_minute") == 1200
+    opened = room(datetime.now(UTC), admit_per_minute=1200, pass_ttl_s=30)
+    await http.put(url, json=opened, headers=organizer.auth)
+
+    async def all_in() -> bool:
+        return sample((await http.get("/metrics")).text, "onsale_queue_admitted_total") == 3
+
+    await wait_for(all_in, 15, "three admissions in /metrics")
+    after = (await http.get("/metrics")).text
+    assert sample(after, "onsale_queue_waiting") == 0
+    assert sample(after, "onsale_queue_active") == 3
+    assert sample(after, "onsale_queue_pass_expiries_total") == 0
+    await http.put(url, json={**opened, "enabled": False}, headers=organizer.auth)
+    assert f'onsale_queue_waiting{{event="{event["id"]}"}}' not in (await http.get("/metrics")).text

@@ -242,3 +242,43 @@ async def test_when_redis_loses_the_room_passes_stay_good_and_the_waiting_join_a
         assert await redis.zscore(keys.waiting, "bob") == 0.25  # a random place again
     finally:
         await client.aclose()
+
+
+async def test_an_unused_pass_frees_its_place_for_the_next_in_line_and_a_hold_keeps_it(
+    db: AsyncEngine, client: EngineClient, redis: Redis
+) -> None:
+    event_id = await published_event(db, client)
+    now = int(time.time() * 1000)
+    await client.queue(
+        event_id, "configure", settings(opens_at=now, max_active=1, pass_ttl_ms=1500)
+    )
+    await join_all(client, event_id, ["idle", "next", "last"])
+    await client.ensure_actor(event_id)
+    await admitted_all(redis, event_id, 1)
+    idle = await client.queue(event_id, "me", "idle")
+    assert idle["status"] == "admitted"
+    assert (await client.queue(event_id, "me", "next"))["status"] == "waiting"  # no room yet
+
+    await admitted_all(redis, event_id, 2)  # idle's pass lapsed unused: next is in
+    state = await client.queue(event_id, "state")
+    assert state["expired_total"] == 1 and state["active"] == 1
+    assert (await client.queue(event_id, "me", "idle"))["status"] == "expired"
+    stale = QueuePass(idle["nonce"], idle["issued_at_ms"], idle["expires_at_ms"] + 60_000)
+    with pytest.raises(QueuePassInvalid):  # even with its expiry stretched: not on record
+        await client.hold_quantity(event_id, "idle", "GA", 1, ttl_s=600, queue_pass=stale)
+
+    nxt = await client.queue(event_id, "me", "next")
+    pass_ = QueuePass(nxt["nonce"], nxt["issued_at_ms"], nxt["expires_at_ms"])
+    await client.hold_quantity(event_id, "next", "GA", 1, ttl_s=600, queue_pass=pass_)
+
+    async def past_the_pass() -> bool:  # next's pass has ended, their hold has not
+        return time.time() * 1000 > nxt["expires_at_ms"]
+
+    await wait_for(past_the_pass, 10, "next's pass to end")
+    ticks = (await client.actor_stats(event_id))["admission_ticks"]
+
+    async def two_more_ticks() -> bool:
+        return (await client.actor_stats(event_id))["admission_ticks"] >= ticks + 2
+
+    await wait_for(two_more_ticks, 10, "two admission ticks after the pass ended")
+    assert (await client.queue(event_id, "me", "last"))["status"] == "waiting"  # still no room

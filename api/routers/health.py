@@ -15,6 +15,7 @@ from api.observability import metrics_text
 from api.problems import problem
 from api.schemas import problem_responses
 from engine import runtime
+from engine.scripts import QUEUE_REGISTRY
 from persistence.db import ping as ping_db
 from persistence.writer import outbox_lag
 
@@ -72,8 +73,22 @@ async def metrics(request: Request) -> Response:
         writer_lag: tuple[int, float] | None = (lag.pending, lag.oldest_age_s)
     except Exception:  # Redis away: still serve this worker's own figures
         writer_lag = None
-    body, content_type = metrics_text(writer_lag)
+    try:
+        rooms = await asyncio.wait_for(_rooms(request.app.state), CHECK_TIMEOUT_S)
+    except Exception:  # Redis away: the rest still tells
+        rooms = {}
+    body, content_type = metrics_text(writer_lag, rooms)
     return Response(body, media_type=content_type)
+
+
+async def _rooms(state: Any) -> dict[str, dict[str, Any]]:
+    """Each open waiting room's figures (lua/queue.lua "state")."""
+    events: Any = await state.redis.smembers(QUEUE_REGISTRY)
+    rooms = {}
+    for raw in sorted(events):
+        event_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+        rooms[event_id] = await state.engine.queue(event_id, "state")
+    return rooms
 
 
 def _may_scrape(request: Request) -> None:
