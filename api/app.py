@@ -16,6 +16,7 @@ from api import errors
 from api.event_cache import EventCache, Rendered
 from api.live import LiveHub
 from api.observability import HotRoute, RequestMiddleware, configure_logging, observe_batch
+from api.queue_stream import QueueWatch
 from api.ratelimit import RateLimiter
 from api.routers import admin, auth, events, health, holds, live, orders, queue, tickets, webhooks
 from api.security import TokenVersions
@@ -106,6 +107,7 @@ def create_app(settings: Settings | None = None) -> OnsaleApp:
         )
         state.event_cache = EventCache(state.db, state.engine)
         state.rendered = Rendered()
+        state.queue_watch = QueueWatch(_room_reader(state.engine))
         state.live = LiveHub(
             state.redis, state.engine.live_snapshot, tick_s=settings.live_tick_ms / 1000
         )
@@ -208,3 +210,12 @@ def openapi_document() -> str:
     schema = create_app(unused).openapi()
     schema["info"]["x-generated-with"] = {lib: version(lib) for lib in ("fastapi", "pydantic")}
     return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
+def _room_reader(engine: EngineClient) -> Any:
+    """lua/queue.lua's reads for the waiting-room stream (api.queue_stream)."""
+
+    async def read(event_id: str, action: str, customer: str | None) -> dict[str, Any]:
+        return await engine.queue(event_id, action, *([] if customer is None else [customer]))
+
+    return read

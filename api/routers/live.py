@@ -68,12 +68,12 @@ async def live_stream(websocket: WebSocket, event_id: str) -> None:
         await state.limiter.hit("live", address)
     except ApiError:
         await websocket.accept()
-        await _close(websocket, CLOSE_TRY_LATER, "rate_limited")
+        await close_socket(websocket, CLOSE_TRY_LATER, "rate_limited")
         return
-    open_here: Counter[str] = _sockets(state)
+    open_here: Counter[str] = live_sockets(state)
     if open_here[address] >= state.settings.live_max_per_address:
         await websocket.accept()
-        await _close(websocket, CLOSE_TRY_LATER, "too many sockets from this address")
+        await close_socket(websocket, CLOSE_TRY_LATER, "too many sockets from this address")
         return
     open_here[address] += 1
     try:
@@ -95,7 +95,7 @@ def origin_allowed(websocket: WebSocket, allowed: str) -> bool:
     return urlsplit(origin).netloc == websocket.headers.get("host", "")
 
 
-def _sockets(state: Any) -> Counter[str]:
+def live_sockets(state: Any) -> Counter[str]:
     """Open seat-map sockets of this worker, by client address."""
     if not hasattr(state, "live_sockets"):
         state.live_sockets = Counter()
@@ -130,9 +130,9 @@ async def _send(websocket: WebSocket, viewer: Viewer) -> None:
             await asyncio.wait_for(websocket.send_text(text or PING), SEND_TIMEOUT_S)
             viewer.sending = False
     except ViewerTooSlow:
-        await _close(websocket, CLOSE_TOO_SLOW, "too slow: reconnect for a fresh snapshot")
+        await close_socket(websocket, CLOSE_TOO_SLOW, "too slow: reconnect for a fresh snapshot")
     except EngineError as exc:  # the inventory is gone or being rebuilt
-        await _close(websocket, CLOSE_TRY_LATER, exc.code)
+        await close_socket(websocket, CLOSE_TRY_LATER, exc.code)
     except TimeoutError:
         pass  # stalled: even a close frame would wait; the connection is let go
 
@@ -155,11 +155,11 @@ async def _receive(websocket: WebSocket, viewer: Viewer) -> None:
         elif kind != "pong":
             bad += 1
             if bad > BAD_MESSAGES_MAX:
-                await _close(websocket, CLOSE_POLICY, "too many bad messages")
+                await close_socket(websocket, CLOSE_POLICY, "too many bad messages")
                 return
             viewer.say(BAD_MESSAGE)
 
 
-async def _close(websocket: WebSocket, code: int, reason: str) -> None:
+async def close_socket(websocket: WebSocket, code: int, reason: str) -> None:
     with contextlib.suppress(Exception):
         await asyncio.wait_for(websocket.close(code, reason), SEND_TIMEOUT_S)

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from datetime import UTC
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 
-from api.deps import Customer, DbDep, EngineDep, Organizer
+from api.deps import Customer, DbDep, EngineDep, Organizer, principal_of
 from api.errors import ApiError
+from api.queue_stream import QueueViewer
+from api.routers.live import (
+    CLOSE_NOT_FOUND,
+    CLOSE_POLICY,
+    CLOSE_TRY_LATER,
+    PING,
+    PING_INTERVAL_S,
+    SEND_TIMEOUT_S,
+    close_socket,
+    live_sockets,
+    origin_allowed,
+)
 from api.schemas import QueueIn, QueueOut, QueuePlaceOut, problem_responses
 from api.security import issue_queue_pass
 from persistence.events import EventRecord
@@ -16,8 +30,9 @@ from persistence.queues import QueueRecord
 from sales import queue
 from sales.access import Principal, may_see_event
 from sales.queue import RoomState, Standing
+from sales.vocabulary import Role
 
-router = APIRouter(prefix="/events", tags=["waiting room"])
+router = APIRouter(tags=["waiting room"])
 
 
 async def _event(request: Request, event_id: str, user: Principal | None) -> EventRecord:
@@ -65,7 +80,7 @@ def _place_out(request: Request, event: EventRecord, user: Principal, place: Sta
     return out.model_dump(mode="json", by_alias=True)
 
 
-@router.put("/{event_id}/queue", responses=problem_responses(401, 403, 404, 409, 422))
+@router.put("/events/{event_id}/queue", responses=problem_responses(401, 403, 404, 409, 422))
 async def put_queue(
     event_id: str,
     body: QueueIn,
@@ -88,7 +103,7 @@ async def put_queue(
     return _room_out(await queue.configure(db, engine, event, record, user))
 
 
-@router.get("/{event_id}/queue", responses=problem_responses(404))
+@router.get("/events/{event_id}/queue", responses=problem_responses(404))
 async def get_queue(event_id: str, request: Request, db: DbDep, engine: EngineDep) -> QueueOut:
     """The waiting room's settings, its state, how many wait and the current
     admission rate (public)."""
@@ -100,7 +115,7 @@ async def get_queue(event_id: str, request: Request, db: DbDep, engine: EngineDe
 
 
 @router.post(
-    "/{event_id}/queue/join",
+    "/events/{event_id}/queue/join",
     response_model=QueuePlaceOut,
     responses=problem_responses(401, 403, 404, 409, 429),
 )
@@ -116,7 +131,7 @@ async def join_queue(event_id: str, user: Customer, request: Request, engine: En
 
 
 @router.get(
-    "/{event_id}/queue/me",
+    "/events/{event_id}/queue/me",
     response_model=QueuePlaceOut,
     responses=problem_responses(401, 403, 404, 429),
 )
@@ -137,3 +152,91 @@ async def _ensure_admitting(request: Request, engine: Any, event_id: str) -> Non
     if event_id not in started:
         await engine.ensure_actor(event_id)
         started.add(event_id)
+
+
+# ---------------------------------------------------------------- live place
+
+AUTH_TIMEOUT_S = 10.0
+
+
+@router.websocket("/ws/events/{event_id}/queue")
+async def queue_stream(websocket: WebSocket, event_id: str) -> None:
+    """Where the caller stands, pushed as it changes (docs/API.md, "Waiting
+    room"): the access token comes in the first message, never the URL
+    (addresses end up in logs). The same origin check, handshake rate and
+    per-address socket cap as the seat-map stream."""
+    state = websocket.app.state
+    if not origin_allowed(websocket, state.settings.live_allowed_origins):
+        await websocket.close(CLOSE_POLICY, "origin not allowed")
+        return
+    address = websocket.client.host if websocket.client else "-"
+    await websocket.accept()
+    try:
+        await state.limiter.hit("live", address)
+    except ApiError:
+        await close_socket(websocket, CLOSE_TRY_LATER, "rate_limited")
+        return
+    open_here = live_sockets(state)
+    if open_here[address] >= state.settings.live_max_per_address:
+        await close_socket(websocket, CLOSE_TRY_LATER, "too many sockets from this address")
+        return
+    open_here[address] += 1
+    try:
+        await _queue_stream(websocket, event_id)
+    finally:
+        open_here[address] -= 1
+        if open_here[address] <= 0:
+            del open_here[address]
+
+
+async def _queue_stream(websocket: WebSocket, event_id: str) -> None:
+    state = websocket.app.state
+    try:
+        first = await asyncio.wait_for(websocket.receive_text(), AUTH_TIMEOUT_S)
+        message = json.loads(first)
+        if not isinstance(message, dict) or message.get("type") != "auth":
+            raise ValueError("the first message must be {type: auth, token}")
+        user = await principal_of(state, f"Bearer {message.get('token', '')}")
+        if user.role is not Role.CUSTOMER:
+            raise ApiError("forbidden", "this needs the role customer")
+    except (TimeoutError, ValueError, ApiError, WebSocketDisconnect) as exc:
+        reason = exc.code if isinstance(exc, ApiError) else "send {type: auth, token} first"
+        await close_socket(websocket, CLOSE_POLICY, reason)
+        return
+    event = await state.event_cache.get(event_id)
+    if event is None or not may_see_event(event, user):
+        await close_socket(websocket, CLOSE_NOT_FOUND, "no such event")
+        return
+
+    def admitted(me: dict[str, Any]) -> dict[str, Any]:
+        token = issue_queue_pass(
+            state.jwt_secret,
+            user.user_id,
+            event.id,
+            str(me["nonce"]),
+            int(me.get("issued_at_ms") or 0),
+            int(me["expires_at_ms"]),
+        )
+        expires = queue.timestamp(int(me["expires_at_ms"])).isoformat().replace("+00:00", "Z")
+        return {"type": "admitted", "pass": token, "pass_expires_at": expires}
+
+    viewer = QueueViewer(user.customer_id, admitted)
+    async with state.queue_watch.watch(event.id, viewer):
+        receiver = asyncio.create_task(_drain(websocket))
+        try:
+            while not receiver.done():
+                text = await viewer.next(PING_INTERVAL_S)
+                await asyncio.wait_for(websocket.send_text(text or PING), SEND_TIMEOUT_S)
+        except (TimeoutError, WebSocketDisconnect, RuntimeError):
+            pass  # stalled or gone
+        finally:
+            receiver.cancel()
+            await asyncio.gather(receiver, return_exceptions=True)
+
+
+async def _drain(websocket: WebSocket) -> None:
+    """Reads (and ignores) what the client sends, to see it go."""
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
