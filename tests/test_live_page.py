@@ -10,6 +10,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -224,3 +225,48 @@ async def test_the_page_reconnects_after_its_socket_drops_and_catches_up(
     await expect(seat(page, "A-3-4")).to_have_attribute(
         "data-status", "held", timeout=LIVE_WITHIN_MS
     )
+
+
+async def test_the_waiting_room_page_shows_the_place_then_the_seat_map_holds_with_the_pass(
+    page: Page, live_api: LiveApi, http: httpx.AsyncClient, db: AsyncEngine
+) -> None:
+    organizer = await user_with_role(db, http, "organizer")
+    event = await on_sale_event(http, organizer, SECTIONS, name="Queue Night")
+    url = f"/events/{event['id']}/queue"
+    room = {
+        "enabled": True,
+        "opens_at": (datetime.now(UTC) + timedelta(hours=1)).isoformat(),
+        "admit_per_minute": 120,
+        "max_active": 100,
+        "pass_ttl_s": 600,
+        "pre_open_order": "fifo",
+    }
+    assert (await http.put(url, json=room, headers=organizer.auth)).status_code == 200
+    for _ in range(3):  # three people joined before this buyer
+        token = live_api.token(uuid.uuid4())
+        r = await http.post(f"{url}/join", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200, r.text
+    buyer = await register(http, "queuebuyer")
+
+    await page.goto(f"{live_api.base_url}{url}")  # a browser asks for HTML: the page
+    await page.fill("#login-email", buyer.email)
+    await page.fill("#login-password", PASSWORD)
+    await page.click("#login-button")
+    await expect(page.locator("#ahead")).to_have_text("3", timeout=10_000)
+    await expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=10_000)
+    await page.screenshot(path=str(ARTIFACTS / "waiting-room.png"), full_page=True)
+
+    room["opens_at"] = datetime.now(UTC).isoformat()  # two a second from now on
+    await http.put(url, json=room, headers=organizer.auth)
+    await expect(page).to_have_url(re.compile(r"/live$"), timeout=20_000)  # its turn came
+    key = f"onsale.queue-pass.{event['id']}"
+    pass_ = await page.evaluate(f"sessionStorage.getItem('{key}')")
+    assert pass_
+    await expect(page.locator("[data-seat]")).to_have_count(50)
+    await seat(page, "A-2-2").click()
+    async with page.expect_request(
+        lambda r: r.method == "POST" and r.url.endswith("/holds")
+    ) as sent:
+        await page.click("#hold-seats")
+    assert (await sent.value).headers["onsale-queue-pass"] == pass_
+    await expect(seat(page, "A-2-2")).to_have_class(re.compile(r"\bmine\b"))

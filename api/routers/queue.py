@@ -8,6 +8,7 @@ from datetime import UTC
 from typing import Any
 
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import HTMLResponse
 
 from api.deps import Customer, DbDep, EngineDep, Organizer, principal_of
 from api.errors import ApiError
@@ -16,9 +17,11 @@ from api.routers.live import (
     CLOSE_NOT_FOUND,
     CLOSE_POLICY,
     CLOSE_TRY_LATER,
+    PAGE_HEADERS,
     PING,
     PING_INTERVAL_S,
     SEND_TIMEOUT_S,
+    STATIC,
     close_socket,
     live_sockets,
     origin_allowed,
@@ -106,7 +109,12 @@ async def put_queue(
 @router.get("/events/{event_id}/queue", responses=problem_responses(404))
 async def get_queue(event_id: str, request: Request, db: DbDep, engine: EngineDep) -> QueueOut:
     """The waiting room's settings, its state, how many wait and the current
-    admission rate (public)."""
+    admission rate (public). A browser (``Accept: text/html``) gets the
+    waiting-room page instead, which joins and shows the caller's place."""
+    if "text/html" in request.headers.get("accept", ""):
+        return HTMLResponse(  # type: ignore[return-value]
+            STATIC.joinpath("queue.html").read_text(encoding="utf-8"), headers=PAGE_HEADERS
+        )
     event = await _event(request, event_id, None)
     room = await queue.room_state(db, engine, event)
     if room is None:

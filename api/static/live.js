@@ -352,7 +352,10 @@ async function placeHold(body) {
   say('Holding…');
   try {
     const path = `/events/${encodeURIComponent(EVENT_ID)}/holds`;
-    const hold = await api('POST', path, { body, auth: true, headers: { 'Idempotency-Key': key } });
+    const headers = { 'Idempotency-Key': key };
+    const pass = sessionStorage.getItem(`onsale.queue-pass.${EVENT_ID}`); // from the waiting room
+    if (pass) headers['Onsale-Queue-Pass'] = pass;
+    const hold = await api('POST', path, { body, auth: true, headers });
     live.pending = null;
     for (const id of live.selected) live.seatEls.get(id)?.classList.remove('selected');
     live.selected.clear();
