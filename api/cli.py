@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands.add_parser("openapi")  # no help: for `make openapi`, not for operators
     bench = commands.add_parser("bench", help="benchmarks")
-    bench.add_argument("name", choices=["engine", "writer", "http", "viewers", "memory"])
+    bench.add_argument("name", choices=["engine", "writer", "http", "viewers", "memory", "queue"])
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
 
     args = parser.parse_args(argv)
@@ -84,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench import memory as memory_bench
 
             return memory_bench.main(args.args)
+        if args.name == "queue":
+            from bench import queue as queue_bench
+
+            return queue_bench.main(args.args)
         if args.name == "writer":
             from bench import writer as writer_bench
 

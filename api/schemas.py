@@ -383,7 +383,7 @@ class QueueIn(BaseModel):
     opens_at: AwareDatetime = Field(
         description="when admission starts; joins before it get random places"
     )
-    admit_per_minute: Annotated[int, Field(ge=1, le=1_000_000)] | Literal["auto"] = Field(
+    admit_per_minute: Annotated[int, Field(ge=1, le=240_000)] | Literal["auto"] = Field(
         description='admissions a minute, or "auto": more while checkouts are fast, fewer when '
         "they slow down or the inventory runs low"
     )

@@ -316,6 +316,22 @@ class InventoryScripts:
                 await self.redis.srem(QUEUE_REGISTRY, event_id)
         return raw
 
+    async def queue_join_many(
+        self, event_id: str, joins: Sequence[tuple[str, float]]
+    ) -> list[dict[str, Any]]:
+        """Many joins (customer, random place) in one pipeline: tools and
+        benchmarks filling a room; the API joins one at a time."""
+        if isinstance(self.redis, RedisCluster):  # no EVALSHA in a cluster pipeline
+            return list(
+                await asyncio.gather(*[self.queue(event_id, "join", c, repr(p)) for c, p in joins])
+            )
+        keys = EventKeys(event_id).queue_keys()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for customer, place in joins:
+                await self._queue(keys=keys, args=["join", customer, repr(place)], client=pipe)
+            replies: list[Any] = await pipe.execute()
+        return [json.loads(r) for r in replies]
+
     async def version(self, event_id: str) -> int | None:
         """The inventory's version now (one HGET); None if Redis has no inventory."""
         raw = await self.redis.hget(EventKeys(event_id).meta, "version")

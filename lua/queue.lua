@@ -28,7 +28,8 @@
 --              random places again, and passes issued before now stay good.
 --   join       ARGV[2] customer, ARGV[3] a random number in [0, 1)
 --   me         ARGV[2] customer
---   admit      ARGV[2] JSON {auto_start, auto_min, auto_max, target_ms, max_gap_ms}
+--   admit      ARGV[2] JSON {auto_start, auto_min, auto_max, target_ms, max_gap_ms,
+--              max_per_tick}
 --   checkout   ARGV[2] how long a checkout of this event took (ms), for "auto"
 --   state      nothing more
 --
@@ -214,7 +215,9 @@ if action == 'admit' then
     q.rate = rate
   end
   local credit = (tonumber(q.credit) or 0) + rate * dt / 60000
-  local n = math.floor(credit)
+  -- At most max_per_tick a call (each admission is a few Redis writes and
+  -- the call blocks the shard); the rest of the credit waits for the next.
+  local n = math.min(math.floor(credit), p.max_per_tick or math.huge)
   local active = redis.call('ZCARD', K_ACTIVE)
   local room = (tonumber(q.max_active) or 0) - active
   if apm <= 0 then room = math.min(room, available() - active) end

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -122,3 +123,12 @@ def test_bench_http_drives_the_api_with_wrk_and_holds_no_more_than_answered(
     assert check["held"] <= check["capacity"]
     assert check["held"] >= check["holds_answered_201"] > 0  # every 201 is a real hold
     assert "wrk" in stdout
+
+
+def test_bench_queue_fills_a_room_and_times_its_reads_and_ticks(
+    redis_url: str, database_url: str
+) -> None:
+    stdout = onsale_bench(["queue", "--waiting", "3000", "--burst", "500"], redis_url, database_url)
+    assert "A waiting room with 3,000 people" in stdout
+    assert re.search(r"one tick admitting 500 ", stdout), stdout  # all of the burst in one tick
+    assert "joins, through lua/queue.lua" in stdout
