@@ -235,16 +235,19 @@ class EventActor:
             self._stats["admission_ticks"] += 1
 
     async def _sweep_due(self) -> None:
-        try:
-            await self._admit_due()
-        except Exception:  # the sweep must run whatever the waiting room does
-            log.exception("event %s: admission tick failed", self.event_id)
+        room = False
         for _ in range(SWEEP_CALLS_PER_TICK):
             swept = await self._scripts.sweep(self.event_id)
+            room = room or swept.queue
             self._stats["sweeps"] += 1
             self._stats["swept_holds"] += swept.handled
             if not swept.more:
-                return
+                break
+        if room:  # after the sweep: the places it freed are admitted this tick
+            try:
+                await self._admit_due()
+            except Exception:  # the sweeps go on whatever the waiting room does
+                log.exception("event %s: admission tick failed", self.event_id)
 
 
 _RemoteEventActor = ray.remote(EventActor)

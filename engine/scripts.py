@@ -140,6 +140,7 @@ class SweepResult:
     version: int
     handled: int
     more: bool
+    queue: bool = False  # the event's waiting room is on
 
 
 class InventoryScripts:
@@ -256,7 +257,10 @@ class InventoryScripts:
         keys = EventKeys(event_id)
         raw = json.loads(await self._sweep(keys=keys.mutation_keys(), args=[keys.channel, limit]))
         return SweepResult(
-            version=int(raw["version"]), handled=int(raw["handled"]), more=bool(raw["more"])
+            version=int(raw["version"]),
+            handled=int(raw["handled"]),
+            more=bool(raw["more"]),
+            queue=bool(raw.get("queue")),
         )
 
     async def hold(self, event_id: str, hold_id: str) -> HoldView | None:
